@@ -1,0 +1,30 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,tokenizers]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/jaxkd demo
+
+test: $(STAMP)
+	$(PY) -m ruff check jaxkd tests benchmarks experiments
+	$(PY) -m pytest -n 2 -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check jaxkd tests benchmarks experiments
+	$(PY) -m ruff format --check jaxkd tests benchmarks experiments
+
+format: $(STAMP)
+	$(PY) -m ruff format jaxkd tests benchmarks experiments
+	$(PY) -m ruff check --fix jaxkd tests benchmarks experiments
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

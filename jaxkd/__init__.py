@@ -1,0 +1,3 @@
+"""jaxkd: knowledge distillation for JAX and Flax."""
+
+__version__ = "0.1.0"
