@@ -1,0 +1,99 @@
+"""Float64 NumPy building blocks and shared checks for the feature-loss tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def normal(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype(np.float32)
+
+
+def np_l2_normalize(x: np.ndarray, axis: int) -> np.ndarray:
+    norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
+    return x / np.maximum(norm, 1e-12)
+
+
+def np_adaptive_pool(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """PyTorch's adaptive_avg_pool2d on an NHWC array, written as explicit loops."""
+    batch, height, width, channels = x.shape
+    out = np.zeros((batch, out_h, out_w, channels), np.float64)
+    for i in range(out_h):
+        h0, h1 = int(np.floor(i * height / out_h)), int(np.ceil((i + 1) * height / out_h))
+        for j in range(out_w):
+            w0, w1 = int(np.floor(j * width / out_w)), int(np.ceil((j + 1) * width / out_w))
+            out[:, i, j, :] = x[:, h0:h1, w0:w1, :].mean(axis=(1, 2))
+    return out
+
+
+def np_pool_to_common(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h, w = min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2])
+    return np_adaptive_pool(a, h, w), np_adaptive_pool(b, h, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One loss configuration: the jax function (static options bound), float32 inputs and
+    the float64 NumPy reference of the same formula."""
+
+    fn: Callable
+    args: tuple[np.ndarray, ...]
+    ref: Callable
+    grad_argnums: tuple[int, ...] = (0,)
+    # Which args carry the batch axis (masks and sub-batches apply to them).
+    batched: tuple[bool, ...] = (True, True)
+    # Args with the teacher replaced by the student, where the loss is then zero.
+    equal_args: tuple[np.ndarray, ...] | None = None
+    nonnegative: bool = True
+
+    def ref64(self, *args: np.ndarray) -> float:
+        return float(self.ref(*(np.asarray(a, np.float64) for a in args)))
+
+    # Compiled once per case and reused across tests with the same shapes: compilation,
+    # not arithmetic, dominates these tests on CPU.
+    @functools.cached_property
+    def jit(self) -> Callable:
+        return jax.jit(self.fn)
+
+    @functools.cached_property
+    def value_and_grad(self) -> Callable:
+        return jax.jit(jax.value_and_grad(self.fn, argnums=self.grad_argnums))
+
+    @functools.cached_property
+    def reductions(self) -> Callable:
+        """`(args, mask) -> (mean, sum, none)` in one compiled function."""
+
+        def run(args, mask):
+            return tuple(self.fn(*args, mask=mask, reduction=r) for r in ("mean", "sum", "none"))
+
+        return jax.jit(run)
+
+
+def assert_grad_matches_reference(case: Case, seed: int = 0, step: float = 1e-5) -> None:
+    """Compares jax.grad with a float64 central difference of the NumPy reference along a
+    random direction in the differentiated arguments."""
+    _, grads = case.value_and_grad(*case.args)
+    rng = np.random.default_rng(seed)
+    directions = {i: rng.normal(size=case.args[i].shape) for i in case.grad_argnums}
+    analytic = sum(
+        float(jnp.vdot(g, directions[i])) for g, i in zip(grads, case.grad_argnums, strict=True)
+    )
+
+    def shifted(sign):
+        args = [np.asarray(a, np.float64) for a in case.args]
+        for i, d in directions.items():
+            args[i] = args[i] + sign * step * d
+        return case.ref64(*args)
+
+    numeric = (shifted(1.0) - shifted(-1.0)) / (2 * step)
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-3, atol=1e-5)
+
+
+def subset(args: tuple[np.ndarray, ...], batched: tuple[bool, ...], keep: np.ndarray):
+    return tuple(a[keep] if b else a for a, b in zip(args, batched, strict=True))
