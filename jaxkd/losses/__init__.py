@@ -23,6 +23,7 @@ from jaxkd.losses.logits import dkd as dkd
 from jaxkd.losses.logits import kd as kd
 from jaxkd.losses.logits import kd_with_labels as kd_with_labels
 from jaxkd.losses.logits import logit_standardized_kd as logit_standardized_kd
+from jaxkd.losses.logits import pseudo_label as pseudo_label
 from jaxkd.losses.relations import attention_relation as attention_relation
 from jaxkd.losses.relations import correlation_congruence as correlation_congruence
 from jaxkd.losses.relations import pkt as pkt

@@ -92,11 +92,12 @@ def attention_transfer(
       `L = 1/B Σ_b ‖a(s_b) − a(t_b)‖₂` (a norm, not squared).
 
     The paper's factor `β/2` in front of the sum over layers is left to the term weight. Channel
-    counts may differ; spatial sizes must match (pool or pick matching layers first).
+    counts may differ; maps of different spatial size are average-pooled to the smaller one
+    first, as RepDistiller's `Attention` does (e.g. VGG 4×4 against MobileNetV2 2×2).
 
     Args:
-      student_features: student map `[B, H, W, C_s]`.
-      teacher_features: teacher map `[B, H, W, C_t]`.
+      student_features: student map `[B, H_s, W_s, C_s]`.
+      teacher_features: teacher map `[B, H_t, W_t, C_t]`.
       p: exponent of the attention map (static Python number, > 0; 2 in both references).
       mode: "code" or "paper" (static).
       mask: optional `[B]` validity of each example.
@@ -117,11 +118,13 @@ def attention_transfer(
     _check_features(student_features, "student_features", 4)
     _check_features(teacher_features, "teacher_features", 4)
     check_same_dims(student_features, teacher_features, _S, _T, (0,), "batch size")
-    check_same_dims(student_features, teacher_features, _S, _T, (1, 2), "spatial size (H, W)")
     _checks.check_mask(mask, jnp.shape(student_features)[:1], against="student_features")
     _checks.check_reduction(reduction)
-    a_s = _attention_map(_checks.to_float32(student_features), p, mode)
-    a_t = _attention_map(_checks.to_float32(teacher_features), p, mode)
+    student, teacher = pool_to_common(
+        _checks.to_float32(student_features), _checks.to_float32(teacher_features)
+    )
+    a_s = _attention_map(student, p, mode)
+    a_t = _attention_map(teacher, p, mode)
     diff = a_s - a_t
     if mode == "code":
         per_example = jnp.mean(jnp.square(diff), axis=-1)

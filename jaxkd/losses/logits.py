@@ -41,7 +41,7 @@ from jaxkd.losses._checks import (
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
-__all__ = ["dkd", "kd", "kd_with_labels", "logit_standardized_kd"]
+__all__ = ["dkd", "kd", "kd_with_labels", "logit_standardized_kd", "pseudo_label"]
 
 
 def check_logit_pair(
@@ -316,4 +316,41 @@ def logit_standardized_kd(
     per_example = temperature**2 * kl_rows(
         log_probs(z_student, temperature), log_probs(z_teacher, temperature)
     )
+    return reduce(per_example, mask, reduction)
+
+
+def pseudo_label(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+) -> Array:
+    """Hard pseudo-label distillation: cross-entropy against the teacher's top class.
+
+    `loss_i = −log softmax(s_i)[argmax_c t_i,c]`, then the mean over valid examples. This
+    is self-training on teacher-labelled data (the zero-temperature limit of the soft
+    targets): the student sees only the teacher's decision, not its confidence. The teacher
+    gets no gradient (argmax is piecewise constant).
+
+    Args:
+      student_logits: `[..., C]` floating logits of the student.
+      teacher_logits: `[..., C]` floating logits of the teacher, same shape.
+      mask: optional `[...]` array, nonzero for valid examples.
+      reduction: "mean" over valid examples, "sum", or "none" for per-example values.
+
+    Returns:
+      A float32 scalar (or `[...]` array for reduction="none").
+
+    References:
+      Lee, "Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method for Deep
+      Neural Networks", ICML 2013 workshop; Xie et al., "Self-training with Noisy Student
+      improves ImageNet classification", CVPR 2020 (hard-label variant).
+    """
+    check_logit_pair(student_logits, teacher_logits, mask)
+    check_reduction(reduction)
+    targets = jnp.argmax(jnp.asarray(teacher_logits), axis=-1)
+    per_example = -jnp.take_along_axis(
+        log_probs(student_logits), targets[..., None], axis=-1
+    ).squeeze(-1)
     return reduce(per_example, mask, reduction)

@@ -333,9 +333,22 @@ def test_nchw_looking_rank3_maps_are_rejected():
     _raises(ValueError, hint, vector, vector, names=("student_features",), shapes=(vector.shape,))
 
 
-def test_attention_spatial_mismatch_and_options():
-    s, t = np.zeros((2, 8, 8, 3), np.float32), np.zeros((2, 4, 4, 3), np.float32)
-    _raises(ValueError, attention_transfer, s, t, names=("spatial",), shapes=(s.shape, t.shape))
+def test_attention_pools_the_larger_map_to_the_smaller():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    t = rng.normal(size=(2, 4, 4, 5)).astype(np.float32)
+    # 2x2 average pooling of the 8x8 map is exactly what adaptive pooling to 4x4 does.
+    pooled = s.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(
+        attention_transfer(s, t), attention_transfer(pooled, t), rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        attention_transfer(t, s), attention_transfer(t, pooled), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_attention_options():
+    s = np.zeros((2, 8, 8, 3), np.float32)
     _raises(ValueError, attention_transfer, s, s, mode="l2", names=("mode", "'l2'"), shapes=())
     _raises(ValueError, attention_transfer, s, s, p=0, names=("`p`",), shapes=())
 
