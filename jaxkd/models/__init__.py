@@ -4,6 +4,7 @@
 `forward_with_features(model, x)` returns its logits and features (see docs/models.md).
 """
 
+from jaxkd.models.attention import KVCache as KVCache
 from jaxkd.models.cifar_resnet import CifarResNet as CifarResNet
 from jaxkd.models.core import FeatureModel as FeatureModel
 from jaxkd.models.core import count_params as count_params
@@ -18,5 +19,7 @@ from jaxkd.models.registry import get_spec as get_spec
 from jaxkd.models.registry import list_models as list_models
 from jaxkd.models.shufflenet import ShuffleNetV1 as ShuffleNetV1
 from jaxkd.models.shufflenet import ShuffleNetV2 as ShuffleNetV2
+from jaxkd.models.transformer import Transformer as Transformer
+from jaxkd.models.transformer import TransformerConfig as TransformerConfig
 from jaxkd.models.vgg import VGG as VGG
 from jaxkd.models.wrn import WideResNet as WideResNet

@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from jaxkd.models import cifar_resnet, imagenet_resnet, mnist1d, mobilenetv2, shufflenet, vgg, wrn
+from jaxkd.models import (
+    cifar_resnet,
+    imagenet_resnet,
+    mnist1d,
+    mobilenetv2,
+    shufflenet,
+    transformer,
+    vgg,
+    wrn,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +50,7 @@ _GREYDANUS = "Greydanus 2020, MNIST-1D reference models"
 _CRD = "Tian et al. 2020 (CRD/RepDistiller), Tab. 1-2"
 _REPDISTILLER = "RepDistiller/mdistiller model zoo (no published count)"
 _TORCHVISION = "torchvision (He et al. 2016)"
+_DECODER = "jaxkd (Llama/Qwen-style decoder)"
 
 _SPECS = (
     ModelSpec("mnist1d_mlp", mnist1d.mnist1d_mlp, _MNIST1D, None, 10, _GREYDANUS),
@@ -73,6 +83,15 @@ _SPECS = (
     ModelSpec("resnet18", imagenet_resnet.resnet18, _IMAGENET, 11_689_512, 1000, _TORCHVISION),
     ModelSpec("resnet34", imagenet_resnet.resnet34, _IMAGENET, 21_797_672, 1000, _TORCHVISION),
     ModelSpec("resnet50", imagenet_resnet.resnet50, _IMAGENET, 25_557_032, 1000, _TORCHVISION),
+    # Int token ids [B, L]; num_classes is the vocabulary size (259 = byte tokenizer).
+    ModelSpec(
+        "transformer_lm",
+        transformer.transformer_lm,
+        (512,),
+        None,
+        259,
+        "jaxkd (Llama/Qwen-style decoder)",
+    ),
 )
 _REGISTRY = {spec.name: spec for spec in _SPECS}
 
