@@ -31,7 +31,12 @@ def floor_log(log_p: jax.Array) -> jax.Array:
 
 def log_probs(logits: jax.Array, temperature: jax.typing.ArrayLike) -> jax.Array:
     """Float32 (or float64) `log_softmax(logits / temperature)` over the last axis."""
-    return jax.nn.log_softmax(to_float32(logits) / temperature, axis=-1)
+    logits = to_float32(logits)
+    # -inf / T has gradient inf w.r.t. T; keeping those entries out of the division keeps
+    # the temperature's gradient finite for a padded vocabulary.
+    padded = logits == -jnp.inf
+    scaled = jnp.where(padded, -jnp.inf, jnp.where(padded, 0.0, logits) / temperature)
+    return jax.nn.log_softmax(scaled, axis=-1)
 
 
 def safe_log(w: jax.typing.ArrayLike) -> jax.Array:

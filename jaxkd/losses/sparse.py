@@ -72,12 +72,12 @@ def _sparse_rows(params, student, topk_logprobs, topk_ids, *, tail: str):
     log_s_topk = jnp.take_along_axis(log_s, topk_ids, axis=-1)  # [n, k]
     log_t_topk = _checks.to_float32(topk_logprobs)
     if tail == "renormalize":
-        log_t = jax.nn.log_softmax(log_t_topk / temperature, axis=-1)
-        return kl_rows(log_t, log_s_topk)
+        # softmax(lp / T) over the k ids: the teacher's logits at T, renormalised over K.
+        return kl_rows(log_probs(log_t_topk, temperature), log_s_topk)
     # The teacher's missing mass at its sampling temperature becomes one more bucket; at
     # temperature T all k + 1 buckets are tempered as single tokens and renormalised.
     log_t_tail = log1mexp(jax.nn.logsumexp(log_t_topk, axis=-1, keepdims=True))
-    log_t = jax.nn.log_softmax(jnp.concatenate([log_t_topk, log_t_tail], -1) / temperature, -1)
+    log_t = log_probs(jnp.concatenate([log_t_topk, log_t_tail], -1), temperature)
     # The student's tail is summed over the ids outside the top k, not taken as 1 − Σ top-k,
     # which would lose all precision when the tail is small.
     rows = jnp.arange(log_s.shape[0])[:, None]

@@ -6,8 +6,8 @@ over valid tokens by default, as TRL and DistiLLM do). `chunk_size` bounds memor
 `jaxkd.losses._chunked`. Vocabulary entries that are `-inf` in both student and teacher (a
 padded vocabulary) contribute nothing and get zero gradient.
 
-Unlike `kd`, no `T²` factor is applied: TRL's GKD, DistiLLM and MiniLLM apply none.
-DistillKit multiplies its KL by `T²`; to match it, multiply the loss weight by `T²`.
+Unlike `kd`, no `T²` factor is applied, as in TRL's GKD trainer and DistiLLM. DistillKit
+multiplies its KL by `T²`; to match it, multiply the loss weight by `T²`.
 """
 
 from __future__ import annotations
