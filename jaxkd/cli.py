@@ -50,6 +50,14 @@ VERBS: dict[str, Verb] = {
         "train a teacher, a student from labels, or a distilled student from a config file",
     ),
     "eval": Verb("jaxkd.cli_train:evaluate", "restore a run's student and print its metrics"),
+    "cache-teacher": Verb(
+        "jaxkd.lm.cli:cache_teacher",
+        "run a saved teacher LM over a text dataset and store its top-k per token",
+    ),
+    "generate": Verb(
+        "jaxkd.lm.cli:generate",
+        "sample teacher completions as a dataset for sequence-level distillation",
+    ),
     "report": Verb(
         "jaxkd.report:main",
         "table of params, FLOPs, latency and accuracy of runs, and a PNG of learning curves",

@@ -1,0 +1,53 @@
+"""experiments/lm_distill.py's tiny config: the table, and the teacher reused by a rerun."""
+
+import json
+
+import pytest
+from _lm_helpers import texts
+
+from jaxkd.cli_config import load_config
+from jaxkd.lm.experiment import markdown_table, run_lm_distill
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = load_config("experiments/configs/lm_distill.py:tiny")
+    with config.unlocked():
+        config.modes = ["offline_topk"]
+    return config
+
+
+@pytest.mark.slow
+def test_tiny_experiment_writes_the_table_and_reuses_its_teacher(tmp_path, tiny):
+    corpus = (texts(12, seed=0), texts(3, seed=1))
+    results = run_lm_distill(tiny, str(tmp_path), texts=corpus)
+    rows = results["students"]
+    assert list(rows) == ["offline_topk"]
+    for row in [results["teacher"], *rows.values()]:
+        assert row["bits_per_byte"] > 0 and row["params"] > 0
+        assert row["train_tokens_per_second"] > 0
+    assert results["teacher"]["params"] > 3 * rows["offline_topk"]["params"]
+    cache = rows["offline_topk"]["cache"]
+    assert cache["k"] == 8 and 0 <= cache["kl_compression"] < 1e-2
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("\n") == 2 + 1 + 1 and "student: offline_topk" in table
+    assert json.loads((tmp_path / "results.json").read_text())["table"] == table
+    # A second run reloads the teacher (and would reuse the cache) instead of retraining.
+    stamp = (tmp_path / "teacher" / "lm_model.json").stat().st_mtime_ns
+    with tiny.unlocked():
+        tiny.modes = []
+    again = run_lm_distill(tiny, str(tmp_path), texts=corpus)
+    assert again["teacher"]["bits_per_byte"] == pytest.approx(results["teacher"]["bits_per_byte"])
+    assert (tmp_path / "teacher" / "lm_model.json").stat().st_mtime_ns == stamp
+
+
+def test_markdown_table_formats_rows():
+    row = {
+        "params": 1234,
+        "bits_per_byte": 2.5,
+        "train_tokens_per_second": 10.0,
+        "tokens_per_second": 20.0,
+    }
+    table = markdown_table(row, {"scratch": row})
+    assert "| teacher | 1,234 | 2.500 | 10 | 20 |" in table
+    assert "| student: scratch |" in table
