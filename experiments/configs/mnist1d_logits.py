@@ -1,0 +1,17 @@
+r"""MNIST-1D, logit distillation: kd, pseudo_label, dkd, dist, lskd (logit-standardized KD).
+
+The argument is "<method>[,<data>][,<student>]", data "labels" or "transfer" (default):
+
+  jaxkd train --config experiments/configs/mnist1d_logits.py:kd,transfer \
+      --workdir runs/mnist1d/mnist1d_mlp/kd_transfer
+
+The teacher is read from runs/mnist1d/teacher (experiments/configs/mnist1d_teacher.py);
+docs/demo.md lists the recipes and their results.
+"""
+
+from jaxkd.experiment import mnist1d
+
+
+def get_config(arg: str = "kd,transfer"):
+    """The logit-family recipe named by `arg`."""
+    return mnist1d.parse_recipe(arg, family="logit")

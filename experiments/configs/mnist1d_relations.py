@@ -1,0 +1,18 @@
+r"""MNIST-1D, relation distillation: rkd, pkt, sp (similarity-preserving), cc (correlation
+congruence).
+
+The argument is "<method>[,<data>][,<student>]", data "labels" or "transfer" (default):
+
+  jaxkd train --config experiments/configs/mnist1d_relations.py:rkd+kd,transfer \
+      --workdir runs/mnist1d/mnist1d_mlp/rkd+kd_transfer
+
+The teacher is read from runs/mnist1d/teacher (experiments/configs/mnist1d_teacher.py);
+docs/demo.md lists the recipes and their results.
+"""
+
+from jaxkd.experiment import mnist1d
+
+
+def get_config(arg: str = "rkd+kd,transfer"):
+    """The relation-family recipe named by `arg`."""
+    return mnist1d.parse_recipe(arg, family="relation")
