@@ -19,7 +19,9 @@ runs are only re-evaluated); delete the directory to start over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import math
 import time
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import tensorflow_datasets as tfds
 
 from jaxkd.cli import ArgumentParser
 from jaxkd.experiment import mnist1d
@@ -113,6 +116,27 @@ def demo_runs(
     ]
 
 
+def prepare_data(data_dir: str | None = None, *, echo: Callable[[str], Any] = print) -> None:
+    """Generates the MNIST-1D TFDS datasets the demo reads, if they are not there yet.
+
+    Args:
+      data_dir: TFDS data dir (None: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
+      echo: where the one-line report goes.
+
+    References:
+      `jaxkd.data.Mnist1d` (the locally generated TFDS builder).
+    """
+    from jaxkd.data import open_source
+
+    for name in (mnist1d.LABELS_DATASET, mnist1d.TRANSFER_DATASET):
+        if tfds.builder(name, data_dir=data_dir).is_prepared():
+            continue
+        echo(f"generating the {name} TFDS dataset (first run only; nothing is downloaded) ...")
+        # TFDS prints "Downloading and preparing ..." to stdout, which would mislead here.
+        with contextlib.redirect_stdout(io.StringIO()):
+            open_source(name, "train", data_dir=data_dir)
+
+
 def run_demo(
     workdir: str,
     *,
@@ -144,6 +168,7 @@ def run_demo(
     from jaxkd.run import train_and_evaluate
 
     runs = demo_runs(workdir, student=student, seed=seed, epochs_scale=epochs_scale)
+    prepare_data(data_dir, echo=echo)
     rows = []
     for index, run in enumerate(runs, 1):
         path = str(Path(workdir) / run.name)
@@ -263,8 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if not args.epochs_scale > 0:
         parser.error(f"--epochs-scale must be > 0, got {args.epochs_scale}")
-    # One line per run here; the runs' own per-evaluation log lines would drown the table.
+    # One line per run here; the runs' own per-evaluation log lines and TFDS's progress
+    # bars (MNIST-1D is generated on the first run) would drown the table.
     logging.getLogger("jaxkd.run").setLevel(logging.WARNING)
+    tfds.disable_progress_bar()
 
     started = time.perf_counter()
     rows = run_demo(

@@ -210,7 +210,7 @@ def student_config(
     - data "labels": the 4,000 labelled signals, batch 64, 100 epochs, Adam lr 0.01 with a
       cosine decay (the recipe that trains the student best from labels).
     - data "transfer": the 4,000 plus 50,000 unlabelled signals, batch 256, 20 epochs
-      (≈ 4,200 steps, as many as on the labels), Adam lr 0.02, cosine.
+      (4,200 steps; 6,200 on the labels), Adam lr 0.02, cosine.
 
     Args:
       method: one of `METHODS` ("scratch" trains from the labels, without the teacher).
