@@ -389,7 +389,7 @@ def format_result(result: dict[str, Any]) -> str:
     torch_note = (
         "PyTorch not run"
         if result["torch_version"] is None
-        else f"torch {result['torch_version']} ({result['torch_threads']} threads, "
+        else f"torch {result['torch_version']} (threads: {result['torch_threads']}, "
         f"{'channels_last' if result['channels_last'] else 'NCHW'})"
     )
     size = result["image_size"]
@@ -397,7 +397,7 @@ def format_result(result: dict[str, Any]) -> str:
         f"## {teacher} -> {student}, batch {result['batch']}, {size}x{size}x3, "
         f"{result['num_classes']} classes, teacher {result['teacher_dtype']}",
         "",
-        f"jax {jax.__version__} ({jax.default_backend()}, {_cpu_threads()} cores, "
+        f"jax {jax.__version__} ({jax.default_backend()}, cores: {_cpu_threads()}, "
         f"XLA_FLAGS={result['xla_flags']!r}), {torch_note}; load average "
         f"{result['load_average']['before']} -> {result['load_average']['after']}",
         "",
