@@ -26,5 +26,9 @@ format: $(STAMP)
 	$(PY) -m ruff format jaxkd tests benchmarks experiments
 	$(PY) -m ruff check --fix jaxkd tests benchmarks experiments
 
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[benchmark]'
+	$(PY) benchmarks/step.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

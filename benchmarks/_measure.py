@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import time
@@ -75,3 +76,11 @@ def faulted_bytes(call: Callable[[], object], repeats: int = 3) -> float:
         call()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     return faults * resource.getpagesize() / repeats
+
+
+def cpu_count() -> int:
+    """The number of cores this process may run on (its affinity mask, e.g. under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -115,6 +115,8 @@ def load_jax_variables(model: nn.Module, params: Mapping, state: Mapping) -> Non
     renamed = {}
     for path, value in source.items():
         head, _, leaf = path.rpartition(".")
+        if leaf not in _RENAMES:
+            raise ValueError(f"no torch counterpart for the jax variable {path!r}.")
         name = f"{head}.{_RENAMES[leaf]}"
         if value.ndim == 4:
             value = value.transpose(3, 2, 0, 1)
@@ -130,7 +132,8 @@ def load_jax_variables(model: nn.Module, params: Mapping, state: Mapping) -> Non
     for name, value in renamed.items():
         if tuple(target[name].shape) != value.shape:
             raise ValueError(
-                f"{name}: torch shape {tuple(target[name].shape)} != jax shape {value.shape}."
+                f"{name}: torch shape {tuple(target[name].shape)} != jax shape {value.shape} "
+                "(in torch layout)."
             )
         target[name] = torch.tensor(value)
     model.load_state_dict(target)
