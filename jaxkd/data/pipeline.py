@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxkd.data.mixup import Mixup
 from jaxkd.data.preprocess import Preprocess
+from jaxkd.data.sharding import local_batch_size, process_shard
 from jaxkd.data.sources import DatasetSpec, dataset_spec, open_source
 
 TeacherView = Literal["same", "independent", "clean"]
@@ -184,28 +185,6 @@ def _as_sources(sources: str | Source | Sequence[Source], split: str) -> tuple[S
     return sources
 
 
-def _shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
-    if shard_index is None or shard_count is None:
-        jax_shard = grain.sharding.ShardByJaxProcess()
-        shard_index = jax_shard.shard_index if shard_index is None else shard_index
-        shard_count = jax_shard.shard_count if shard_count is None else shard_count
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(
-            f"Need 0 <= `shard_index` < `shard_count`, got shard_index={shard_index}, "
-            f"shard_count={shard_count}."
-        )
-    return shard_index, shard_count
-
-
-def _local_batch_size(batch_size: int, shard_count: int) -> int:
-    if batch_size < 1 or batch_size % shard_count:
-        raise ValueError(
-            f"`batch_size` (global) must be a positive multiple of the number of processes "
-            f"({shard_count}), got {batch_size}."
-        )
-    return batch_size // shard_count
-
-
 def _decoded(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record of a source, decoded once (bulk reads where the source offers them)."""
     indices = list(range(len(records)))
@@ -300,8 +279,8 @@ def train_pipeline(
         raise ValueError(f"`mixup_alpha` must be >= 0, got {mixup_alpha}.")
     if any(not s.weight > 0 for s in sources):
         raise ValueError(f"Source weights must be > 0, got {[s.weight for s in sources]}.")
-    shard_index, shard_count = _shards(shard_index, shard_count)
-    local_batch = _local_batch_size(batch_size, shard_count)
+    shard_index, shard_count = process_shard(shard_index, shard_count)
+    local_batch = local_batch_size(batch_size, shard_count)
 
     datasets, specs = [], []
     for k, source in enumerate(sources):
@@ -374,8 +353,8 @@ def eval_pipeline(
     References: Grain `MapDataset` (slice, concatenate, batch).
     """
     (source,) = _as_sources(source, split)
-    shard_index, shard_count = _shards(shard_index, shard_count)
-    local_batch = _local_batch_size(batch_size, shard_count)
+    shard_index, shard_count = process_shard(shard_index, shard_count)
+    local_batch = local_batch_size(batch_size, shard_count)
     examples, spec, preprocess = _examples(source, None, with_index, data_dir)
     examples = examples.map(_EvalView(preprocess))
     num_examples = len(examples)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 
@@ -41,3 +42,27 @@ def to_global_arrays(
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
     }
+
+
+def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    """This process's `(shard_index, shard_count)`; None takes them from `jax.process_*`."""
+    if shard_index is None or shard_count is None:
+        jax_shard = grain.sharding.ShardByJaxProcess()
+        shard_index = jax_shard.shard_index if shard_index is None else shard_index
+        shard_count = jax_shard.shard_count if shard_count is None else shard_count
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(
+            f"Need 0 <= `shard_index` < `shard_count`, got shard_index={shard_index}, "
+            f"shard_count={shard_count}."
+        )
+    return shard_index, shard_count
+
+
+def local_batch_size(batch_size: int, shard_count: int) -> int:
+    """Rows of a global batch on each of `shard_count` processes (an exact division)."""
+    if batch_size < 1 or batch_size % shard_count:
+        raise ValueError(
+            f"`batch_size` (global) must be a positive multiple of the number of processes "
+            f"({shard_count}), got {batch_size}."
+        )
+    return batch_size // shard_count

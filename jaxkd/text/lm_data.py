@@ -22,6 +22,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxkd.data.sharding import local_batch_size, process_shard
 from jaxkd.text.packing import pack_documents
 from jaxkd.text.text_builder import TextFiles
 from jaxkd.text.tokenizer import Tokenizer
@@ -203,28 +204,6 @@ def load_packed(
     return pack_texts(texts, tokenizer, seq_len, add_bos=add_bos, drop_remainder=drop_remainder)
 
 
-def _shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
-    if shard_index is None or shard_count is None:
-        by_process = grain.sharding.ShardByJaxProcess()
-        shard_index = by_process.shard_index if shard_index is None else shard_index
-        shard_count = by_process.shard_count if shard_count is None else shard_count
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(
-            f"Need 0 <= `shard_index` < `shard_count`, got shard_index={shard_index}, "
-            f"shard_count={shard_count}."
-        )
-    return shard_index, shard_count
-
-
-def _local_batch(batch_size: int, shard_count: int) -> int:
-    if batch_size < 1 or batch_size % shard_count:
-        raise ValueError(
-            f"`batch_size` (global) must be a positive multiple of the number of processes "
-            f"({shard_count}), got {batch_size}."
-        )
-    return batch_size // shard_count
-
-
 def lm_train_batches(
     packed: PackedText,
     *,
@@ -254,8 +233,8 @@ def lm_train_batches(
     References:
       Grain `MapDataset` (shuffle, slice, batch, repeat).
     """
-    shard_index, shard_count = _shards(shard_index, shard_count)
-    local = _local_batch(batch_size, shard_count)
+    shard_index, shard_count = process_shard(shard_index, shard_count)
+    local = local_batch_size(batch_size, shard_count)
     per_shard = len(packed) // shard_count
     if per_shard < local:
         raise ValueError(
@@ -295,8 +274,8 @@ def lm_eval_batches(
     References:
       Grain `MapDataset` (slice, concatenate, batch).
     """
-    shard_index, shard_count = _shards(shard_index, shard_count)
-    local_batch = _local_batch(batch_size, shard_count)
+    shard_index, shard_count = process_shard(shard_index, shard_count)
+    local_batch = local_batch_size(batch_size, shard_count)
     windows = grain.MapDataset.source(packed)
     steps = math.ceil(math.ceil(len(packed) / shard_count) / local_batch)
     local = windows[shard_index::shard_count]
