@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _measure import cpu_count, faulted_bytes, interleaved, load_average, summarize
 from _report import format_result
 
-from jaxkd import engine, losses
+from jaxkd import engine, losses, xla_cpu
 from jaxkd.models import create_model
 from jaxkd.objective import Objective, Term
 
@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the PyTorch profiler's memory pass"
+    )
+    parser.add_argument(
+        "--xla-defaults",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="jaxkd's XLA:CPU flags (jaxkd.xla_cpu); --no-xla-defaults runs XLA's own",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -369,6 +375,9 @@ def _ratios(stats: dict[str, dict[str, float]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs every pair, prints its tables, optionally writes JSON, and returns the results."""
     args = parse_args(argv)
+    if args.xla_defaults:
+        # Before the first computation: XLA reads XLA_FLAGS when JAX creates its CPU client.
+        xla_cpu.configure_cpu()
     results = []
     print(f"{platform.processor() or platform.machine()}, python {platform.python_version()}")
     for pair in args.pair:

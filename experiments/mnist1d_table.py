@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxkd import xla_cpu
 from jaxkd.experiment import mnist1d
 
 DEFAULT_STUDENTS = ("mnist1d_mlp", "mnist1d_cnn_small")
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     logging.getLogger("jaxkd.run").setLevel(logging.WARNING)
+    xla_cpu.configure_cpu()  # before the first computation
 
     out = Path(args.out)
     started = time.perf_counter()

@@ -17,6 +17,8 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from jaxkd import xla_cpu
+
 USAGE_STATUS = 2  # bad input, as argparse and POSIX tools use
 
 
@@ -134,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return USAGE_STATUS
     _configure_logging(debug)
+    # Before any verb runs a computation (XLA reads its flags once, at start-up).
+    xla_cpu.configure_cpu()
     try:
         return int(VERBS[name].load()(rest) or 0)
     except (ValueError, TypeError, OSError) as e:
