@@ -8,25 +8,28 @@ import pytest
 
 from jaxkd import xla_cpu
 
-FLAG = f"{xla_cpu.YNN_FUSION_FLAG}={xla_cpu.YNN_FUSION_KINDS}"
+FLAGS = [
+    f"{xla_cpu.YNN_FUSION_FLAG}={xla_cpu.YNN_FUSION_KINDS}",
+    f"{xla_cpu.SCHEDULER_FLAG}=false",
+]
 
 
 def test_adds_the_flag_to_an_empty_environment():
     env = {}
-    assert xla_cpu.configure_cpu(env) == FLAG
-    assert env["XLA_FLAGS"] == FLAG
+    assert xla_cpu.configure_cpu(env) == " ".join(FLAGS)
+    assert env["XLA_FLAGS"].split() == FLAGS
 
 
 def test_keeps_other_flags_and_is_idempotent():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     xla_cpu.configure_cpu(env)
     xla_cpu.configure_cpu(env)
-    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", FLAG]
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *FLAGS]
 
 
 def test_never_overrides_the_users_setting():
     env = {"XLA_FLAGS": f"{xla_cpu.YNN_FUSION_FLAG}="}
-    assert xla_cpu.configure_cpu(env) == f"{xla_cpu.YNN_FUSION_FLAG}="
+    assert xla_cpu.configure_cpu(env).split() == [f"{xla_cpu.YNN_FUSION_FLAG}=", FLAGS[1]]
 
 
 def test_can_be_turned_off():

@@ -28,7 +28,7 @@ from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.text import PackedText
 
 META_FILE = "cache.json"
-FORMAT = "jaxkd.topk_cache.v1"
+FORMAT = "jaxkd.topk_cache.v2"  # v2: enumerative ids, refined levels
 
 
 def topk_fn(

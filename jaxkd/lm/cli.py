@@ -10,10 +10,12 @@ to `<workdir>/teacher`) and a TFDS text dataset, and write an array_record datas
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
 from jaxkd.cli import ArgumentParser
+from jaxkd.lm.topk_codec import TopKCodec
 
 
 def _data_arguments(parser: ArgumentParser) -> None:
@@ -55,21 +57,21 @@ def cache_teacher(argv: Sequence[str]) -> int:
     parser = ArgumentParser(
         "cache-teacher",
         "Run a saved teacher once over a dataset and store its top-k log-probs and ids per\n"
-        "token, compactly coded (Elias-Fano ids, quantized log-probs), in array_record shards.",
+        "token, compactly coded (ids as combinatorial ranks, quantized probabilities), in\n"
+        "array_record shards.",
     )
     _data_arguments(parser)
     parser.add_argument("--k", type=int, default=50, help="entries per token")
     parser.add_argument("--max-windows", type=int, default=None)
     parser.add_argument("--records-per-shard", type=int, default=4096)
-    parser.add_argument("--exact-top", type=int, default=4)
-    parser.add_argument("--top-bits", type=int, default=14)
-    parser.add_argument("--value-bits", type=int, default=4)
-    parser.add_argument("--tail-bits", type=int, default=14)
-    parser.add_argument("--alpha", type=float, default=0.4)
+    # The code's settings default to TopKCodec's own (docs/lm_distill.md, "The cache code").
+    for field in dataclasses.fields(TopKCodec):
+        if field.name in ("exact_top", "top_bits", "value_bits", "tail_bits", "alpha"):
+            flag = "--" + field.name.replace("_", "-")
+            parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args(list(argv))
     from jaxkd.engine import TeacherState
     from jaxkd.lm.cache import write_topk_cache
-    from jaxkd.lm.topk_codec import TopKCodec
 
     _, params, meta, _, packed, model, source = _load(args)
     codec = TopKCodec(
