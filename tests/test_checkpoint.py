@@ -257,6 +257,23 @@ def test_teacher_saved_once_apart_from_steps(tmp_path):
     chex.assert_trees_all_equal(restore_student(tmp_path), _params())
 
 
+def test_relative_paths_save_and_restore(tmp_path, monkeypatch):
+    # `jaxkd demo` and `jaxkd eval` take workdirs relative to the current directory.
+    monkeypatch.chdir(tmp_path)
+    teacher = _params(3)
+    with Checkpointer("runs/teacher_run") as ckpt:
+        ckpt.save_teacher(teacher)
+    with Checkpointer("runs/student_run") as ckpt:
+        ckpt.reference_teacher("runs/teacher_run", teacher)
+        ckpt.save(1, _params())
+    chex.assert_trees_all_equal(restore_student("runs/student_run"), _params())
+    chex.assert_trees_all_equal(restore_teacher("runs/student_run"), teacher)
+    chex.assert_trees_all_equal(restore_teacher("runs/teacher_run", verify_hash=True), teacher)
+    assert restore_config("runs/student_run")["teacher"]["path"] == str(
+        tmp_path / "runs" / "teacher_run" / "teacher"
+    )
+
+
 def test_teacher_referenced_from_the_run_that_trained_it(tmp_path):
     teacher = _params(5)
     with Checkpointer(tmp_path / "teacher_run") as ckpt:

@@ -57,7 +57,7 @@ def open_run(path: epath.PathLike, *, rank_by_metric: bool = False) -> ocp.Check
     With `rank_by_metric`, the manager ranks steps (`best_step`) by the metric the run
     was saved with, read from the run's root metadata.
     """
-    root = epath.Path(path) / CHECKPOINTS_DIR
+    root = epath.Path(path).absolute() / CHECKPOINTS_DIR  # Orbax needs absolute paths
     if not root.is_dir():
         raise FileNotFoundError(
             f"no checkpoint directory at {root} (expected `path` to be a run's workdir)."

@@ -68,7 +68,7 @@ def write_teacher(path: epath.PathLike, params: PyTree) -> str:
 
 def teacher_hash(path: epath.PathLike) -> str | None:
     """The params hash stored with a teacher checkpoint, or `None` if it has none."""
-    path = epath.Path(path)
+    path = epath.Path(path).absolute()
     if not (path / _METADATA_FILE).exists():
         raise ValueError(f"{path} is not a finished Orbax checkpoint (no {_METADATA_FILE}).")
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
@@ -136,7 +136,7 @@ def restore_teacher(
       Orbax, "Restoring with a different sharding",
       https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html
     """
-    where = _teacher_dir(epath.Path(path))
+    where = _teacher_dir(epath.Path(path).absolute())
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
         try:
@@ -189,7 +189,7 @@ def check_reference(path: epath.PathLike, params: PyTree) -> tuple[epath.Path, s
       FileNotFoundError: `path` holds no teacher.
       ValueError: `path` stores a hash and it differs from that of `params`.
     """
-    where = _teacher_dir(epath.Path(path))
+    where = _teacher_dir(epath.Path(path).absolute())
     digest = params_hash(params)
     stored = teacher_hash(where)
     if stored is not None and stored != digest:

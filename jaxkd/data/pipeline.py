@@ -30,6 +30,7 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
+from jaxkd.data.in_memory import InMemoryEpochs, arrange, in_memory_epochs
 from jaxkd.data.mixup import Mixup
 from jaxkd.data.preprocess import Preprocess
 from jaxkd.data.sharding import local_batch_size, process_shard
@@ -70,6 +71,8 @@ class Pipeline:
       local_batch_size: rows of each batch on this process.
       num_examples: examples in one epoch before sharding.
       specs: the `DatasetSpec` of each source.
+      in_memory: the examples as arrays and the epochs' order, when `epoch(e)` can gather
+        them (`jaxkd.data.in_memory`); None reads epochs through `dataset`.
     """
 
     dataset: grain.MapDataset
@@ -78,6 +81,7 @@ class Pipeline:
     local_batch_size: int
     num_examples: int
     specs: tuple[DatasetSpec, ...]
+    in_memory: InMemoryEpochs | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -100,12 +104,15 @@ class Pipeline:
         """All batches of one epoch stacked to [steps_per_epoch, local_batch_size, ...].
 
         For small datasets whose epoch fits on the device, so that a compiled `lax.scan`
-        runs the whole epoch; the result is the same as iterating over that epoch.
+        runs the whole epoch; the result is the same as iterating over that epoch (also
+        when `in_memory` gathers it from arrays).
         """
         if epoch < 0 or (epoch + 1) * self.steps_per_epoch > len(self.dataset):
             raise ValueError(
                 f"`epoch` must be in [0, {len(self.dataset) // self.steps_per_epoch}), got {epoch}."
             )
+        if self.in_memory is not None:
+            return self.in_memory.epoch(epoch)
         start = epoch * self.steps_per_epoch
         batches = [self.dataset[start + j] for j in range(self.steps_per_epoch)]
         return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
@@ -261,7 +268,8 @@ def train_pipeline(
       shard_index: this process's shard; None uses `jax.process_index()`.
       shard_count: number of shards; None uses `jax.process_count()`.
       cache: decode every record once and keep it in host memory (small datasets read for
-        many epochs); the batches are identical either way.
+        many epochs); the batches are identical either way. With no random view and no
+        mixup, `epoch(e)` also keeps the examples as arrays (`jaxkd.data.in_memory`).
 
     Returns:
       The `Pipeline`; `pipeline.iterator()` is the checkpointable iterator.
@@ -282,7 +290,7 @@ def train_pipeline(
     shard_index, shard_count = process_shard(shard_index, shard_count)
     local_batch = local_batch_size(batch_size, shard_count)
 
-    datasets, specs = [], []
+    datasets, specs, random_views = [], [], []
     for k, source in enumerate(sources):
         examples, spec, preprocess = _examples(
             source, k if len(sources) > 1 else None, with_index, data_dir, cache
@@ -290,27 +298,24 @@ def train_pipeline(
         examples = examples.random_map(
             _TrainView(preprocess, teacher_view), seed=_derive_seed(seed, k, 1)
         )
-        # Shuffling each source before mixing keeps the mixture's exact proportions.
-        datasets.append(examples.shuffle(seed=_derive_seed(seed, k, 0)))
+        datasets.append(examples)
         specs.append(spec)
+        random_views.append(preprocess.is_random)
     if len(datasets) > 1:
         _check_same_inputs(datasets, sources)
-        examples = grain.MapDataset.mix(datasets, [s.weight for s in sources])
-    else:
-        examples = datasets[0]
-
-    num_examples = len(examples)
-    per_shard = num_examples // shard_count
-    steps_per_epoch = per_shard // local_batch
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"`batch_size`={batch_size} leaves no full batch: {num_examples} examples per "
-            f"epoch over {shard_count} process(es)."
-        )
-    # Equal shards give every process the same number of steps, which multi-host
-    # training needs; the dropped examples change every epoch with the shuffle.
-    examples = examples[: per_shard * shard_count][shard_index::shard_count]
-    batches = examples.batch(local_batch, drop_remainder=True)
+    weights = [s.weight for s in sources]
+    shuffle_seeds = [_derive_seed(seed, k, 0) for k in range(len(sources))]
+    shard = dict(
+        batch_size=batch_size,
+        local_batch=local_batch,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+    batches, num_examples, steps_per_epoch = arrange(datasets, weights, shuffle_seeds, **shard)
+    fast = None
+    if cache and mixup_alpha == 0 and not any(random_views):
+        # Examples that are the same in every epoch are computed once; epochs are gathers.
+        fast = in_memory_epochs(datasets, weights, shuffle_seeds, **shard)
     if mixup_alpha > 0:
         num_classes = {spec.num_classes for spec in specs}
         if len(num_classes) > 1:
@@ -319,7 +324,9 @@ def train_pipeline(
             Mixup(mixup_alpha, num_classes.pop()), seed=_derive_seed(seed, shard_index, 2)
         )
     batches = batches.repeat(num_epochs)
-    return Pipeline(batches, steps_per_epoch, batch_size, local_batch, num_examples, tuple(specs))
+    return Pipeline(
+        batches, steps_per_epoch, batch_size, local_batch, num_examples, tuple(specs), fast
+    )
 
 
 def eval_pipeline(
