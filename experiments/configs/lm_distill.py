@@ -7,7 +7,9 @@ r"""LM distillation on the Python standard library: a teacher and one student pe
 
 Byte-level tokens, windows of 128; teacher 0.77M params (4 layers, width 128), students
 0.11M (2 layers, width 64), all trained with AdamW and a warmup-cosine schedule. Students
-train 600 steps of 16 windows in every mode. See docs/lm_distill.md.
+train 600 steps of 16 windows in every mode: once from random init, and once continuing
+a shared 300-step cross-entropy warm start (`--config.student.warm_start_steps=0` runs
+the cold starts only). See docs/lm_distill.md.
 """
 
 from jaxkd.lm.configs import lm_distill_config

@@ -3,7 +3,7 @@
 `lm_distill_config()` is the table of the README (a 2-core CPU reproduces it in under an
 hour); `lm_distill_config(tiny=True)` is the same experiment at toy sizes, run by the
 tests in seconds. Every field is overridable from the command line
-(`--config.student.steps=300`).
+(`--config.student.steps=400 --config.student.warm_start_steps=200`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def lm_distill_config(tiny: bool = False) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.modes = list(MODES)
+    # Also trained from random init for all the steps, beside their warm-started rows (only
+    # when student.warm_start_steps > 0): the table's second bits/byte column.
+    c.cold_modes = list(MODES)
     c.data = {
         "dataset": "text_files/python_stdlib_small",
         "data_dir": "",  # "" is TFDS's default
@@ -68,6 +71,7 @@ def lm_distill_config(tiny: bool = False) -> ml_collections.ConfigDict:
         "max_train_documents": 0,  # 0 is all
         "max_eval_documents": 0,
         "eval_batch_size": 8 if tiny else 64,
+        "report_windows": 4 if tiny else 64,  # held-out windows of each row's divergences
     }
     c.teacher = {
         "model": _model(32, 2, 4, 2, 64, 2 * seq_len)
@@ -82,10 +86,12 @@ def lm_distill_config(tiny: bool = False) -> ml_collections.ConfigDict:
         "model": _model(16, 1, 2, 1, 32, 2 * seq_len)
         if tiny
         else _model(64, 2, 4, 2, 176, 2 * seq_len),
-        "steps": 4 if tiny else 600,
+        "steps": 6 if tiny else 600,
         "batch_size": 4 if tiny else 16,
         "lr": 3e-3,
-        "warmup_steps": 1 if tiny else 50,
+        "warmup_steps": 1 if tiny else 50,  # of the learning rate
+        # Steps of the shared cross-entropy run every mode starts from (0: random init).
+        "warm_start_steps": 2 if tiny else 300,
     }
     c.steps_per_call = 2 if tiny else 25
     c.kd = {"temperature": 1.0, "ce_weight": 0.0}
@@ -110,3 +116,25 @@ def lm_distill_config(tiny: bool = False) -> ml_collections.ConfigDict:
     }
     c.lock()
     return c
+
+
+def check_lm_distill_config(config: ml_collections.ConfigDict) -> None:
+    """Checks what `lm_distill_config`'s types cannot: known modes, the warm-start length.
+
+    Args:
+      config: the experiment config (possibly overridden).
+
+    Raises:
+      ValueError: naming the key, for a mode not in `MODES` or
+        `student.warm_start_steps` outside [0, `student.steps`).
+    """
+    for key in ("modes", "cold_modes"):
+        unknown = [m for m in config[key] if m not in MODES]
+        if unknown:
+            raise ValueError(f"`config.{key}` has unknown modes {unknown}; known: {list(MODES)}.")
+    steps, warm = config.student.steps, config.student.warm_start_steps
+    if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm < steps:
+        raise ValueError(
+            "`config.student.warm_start_steps` must be an int in [0, config.student.steps) "
+            f"= [0, {steps}) (0 is a cold start from random init), got {warm!r}."
+        )

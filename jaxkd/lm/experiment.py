@@ -3,9 +3,14 @@
 `run_lm_distill(config, workdir)` trains (or reloads) the teacher on the corpus, writes
 its top-k cache and its completions once, trains a student per mode with the same steps,
 batch size and optimizer, and evaluates every model on the held-out split in bits per
-byte. Each row also gives the model's params, its training throughput (target tokens per
-second of the mode's step, teacher and sampling included) and its own evaluation
-throughput. The teacher, cache and completions are kept in `workdir` and reused.
+byte. With `config.student.warm_start_steps = W > 0` every student first gets the same W
+steps of cross-entropy (trained once, saved, see `jaxkd.lm.warm_start`) and each mode
+runs the remaining steps with its own objective; `config.cold_modes` adds rows of modes
+trained from random init for all the steps. Each row also gives the model's params, its
+training throughput (target tokens per second of the mode's step, teacher and sampling
+included), its own evaluation throughput and its held-out divergences from the teacher
+(`jaxkd.lm.report`). The teacher, cache, completions and warm start are kept in
+`workdir` and reused.
 """
 
 from __future__ import annotations
@@ -13,22 +18,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import grain
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-from jaxkd.engine import TeacherState, freeze_teacher, init_train_state
+from jaxkd.checkpoint import params_hash
+from jaxkd.engine import TeacherState, TrainState, freeze_teacher, init_train_state
+from jaxkd.engine.step import TrainStep
 from jaxkd.lm import cache as cache_lib
-from jaxkd.lm import sequence_level
+from jaxkd.lm import sequence_level, warm_start
 from jaxkd.lm.cache_error import topk_cache_error
-from jaxkd.lm.configs import transformer_config
+from jaxkd.lm.configs import MODES, check_lm_distill_config, transformer_config
 from jaxkd.lm.distill import make_lm_eval_step, make_lm_train_step
 from jaxkd.lm.models import build_lm, count_params, lm_model, load_lm, save_lm
 from jaxkd.lm.on_policy import make_gkd_step, prompt_batch
+from jaxkd.lm.report import held_out_divergences, markdown_table
 from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.lm.train import evaluate_lm, train_lm
 from jaxkd.text import ByteTokenizer, PackedText, lm_eval_batches, lm_train_batches, pack_texts
@@ -69,17 +78,28 @@ def _only(keys: Sequence[str]):
     return lambda batch: {k: batch[k] for k in keys}
 
 
+class _Setup(NamedTuple):
+    """How one mode trains: its step, its batch stream, and what it adds to its row."""
+
+    step: TrainStep
+    data: grain.MapDataset  # a warm-started student reads it from batch W on
+    prepare: Callable[[dict], dict]
+    teacher: TeacherState | None
+    extra: dict[str, Any]
+
+
 class _Runner:
-    """The experiment's shared pieces: data, teacher, eval, and one method per mode."""
+    """The experiment's shared pieces: data, teacher, warm start, eval, the modes."""
 
     def __init__(self, config, workdir, train: PackedText, held_out: PackedText):
         self.c, self.workdir = config, workdir
         self.train, self.held_out = train, held_out
         self.vocab = ByteTokenizer.vocab_size
         self.tokenizer = ByteTokenizer()
+        self.warm_dir = warm_start.warm_start_dir(workdir, config)
 
-    def batches(self, seed: int):
-        return iter(lm_train_batches(self.train, batch_size=self.c.student.batch_size, seed=seed))
+    def batches(self, seed: int) -> grain.MapDataset:
+        return lm_train_batches(self.train, batch_size=self.c.student.batch_size, seed=seed)
 
     def evaluate(self, model, params, state) -> dict[str, float]:
         eval_step = jax.jit(make_lm_eval_step(model))
@@ -99,21 +119,24 @@ class _Runner:
         optimizer = _optimizer(t)
         step = make_lm_train_step(model, optimizer, loss=None)
         batches = iter(lm_train_batches(self.train, batch_size=t.batch_size, seed=self.c.seed))
-        result = train_lm(
-            step,
-            init_train_state(model, optimizer),
-            None,
-            batches,
-            num_steps=t.steps,
-            steps_per_call=self.c.steps_per_call,
-            prepare=_only(LM_KEYS),
-            log=self._log("teacher"),
-        )
+        result = self._train(step, init_train_state(model, optimizer), None, batches, t.steps)
         save_lm(path, transformer_config(t.model), result.state.params, vocab_size=self.vocab)
         info = {"train_tokens_per_second": result.tokens_per_second, "seconds": result.seconds}
         with open(os.path.join(path, "train.json"), "w") as f:
             json.dump(info, f)
         return module, model, freeze_teacher(result.state), info
+
+    def _train(self, step, state, teacher, batches, num_steps, *, name="teacher", prepare=None):
+        return train_lm(
+            step,
+            state,
+            teacher,
+            batches,
+            num_steps=num_steps,
+            steps_per_call=self.c.steps_per_call,
+            prepare=prepare or _only(LM_KEYS),
+            log=self._log(name),
+        )
 
     def _log(self, name: str):
         every = max(1, self.c.steps_per_call)
@@ -123,6 +146,35 @@ class _Runner:
                 log.info("%s step %d loss %.4f", name, step, metrics["loss"])
 
         return write
+
+    def student_parts(self):
+        """The student's module, `Model` and optimizer (random init from `seed + 1`)."""
+        module = build_lm(transformer_config(self.c.student.model), seed=self.c.seed + 1)
+        return module, lm_model(module, vocab_size=self.vocab), _optimizer(self.c.student)
+
+    def warm_start(self, model, optimizer) -> tuple[TrainState, dict[str, Any]]:
+        """The state after W cross-entropy steps: trained and saved once, then restored."""
+        target = init_train_state(model, optimizer, rng=self.c.seed + 1)
+        loaded = warm_start.load_warm_start(self.warm_dir, target)
+        if loaded is not None:
+            return loaded
+        result = self._train(
+            make_lm_train_step(model, optimizer, loss=None),
+            target,
+            None,
+            iter(self.batches(self.c.seed + 1)),
+            self.c.student.warm_start_steps,
+            name="warm start",
+        )
+        info = {
+            "params": count_params(result.state.params),
+            "train_tokens_per_second": result.tokens_per_second,
+            "train_seconds": result.seconds,
+            **self.evaluate(model, result.state.params, result.state.model_state),
+        }
+        warm_start.save_warm_start(self.warm_dir, result.state, self.c, info)
+        # Every mode, the first included, starts from the saved state, not the live one.
+        return self.warm_start(model, optimizer)
 
     def cache(self, teacher: TeacherState, teacher_model) -> cache_lib.TopKCache:
         path = os.path.join(self.workdir, "cache")
@@ -139,15 +191,9 @@ class _Runner:
         return cache_lib.TopKCache(path)
 
     def codec(self) -> TopKCodec:
-        k = self.c.cache
+        fields = ("k", "exact_top", "top_bits", "value_bits", "tail_bits", "alpha")
         return TopKCodec(
-            vocab_size=self.c.student.model.vocab_size,
-            k=k.k,
-            exact_top=k.exact_top,
-            top_bits=k.top_bits,
-            value_bits=k.value_bits,
-            tail_bits=k.tail_bits,
-            alpha=k.alpha,
+            vocab_size=self.c.student.model.vocab_size, **{f: self.c.cache[f] for f in fields}
         )
 
     def completions(self, teacher_module, teacher: TeacherState):
@@ -172,17 +218,15 @@ class _Runner:
             )
         return sequence_level.CompletionSource(path)
 
-    def student(self, mode: str, teacher_module, teacher_model, teacher: TeacherState):
-        s, kd = self.c.student, self.c.kd
-        module = build_lm(transformer_config(s.model), seed=self.c.seed + 1)
-        model = lm_model(module, vocab_size=self.vocab)
-        optimizer = _optimizer(s)
-        t_state, keys, extra = None, LM_KEYS, {}
-        batches = self.batches(self.c.seed + 1)
+    def setup(self, mode: str, module, model, optimizer, teacher_parts) -> _Setup:
+        """The step, batches and teacher argument of `mode`."""
+        teacher_module, teacher_model, teacher = teacher_parts
+        kd, seed, batch_size = self.c.kd, self.c.seed + 1, self.c.student.batch_size
         hparams = {"temperature": kd.temperature}
         if mode == "scratch":
             step = make_lm_train_step(model, optimizer, loss=None)
-        elif mode in ("forward_kl", "reverse_kl"):
+            return _Setup(step, self.batches(seed), _only(LM_KEYS), None, {})
+        if mode in ("forward_kl", "reverse_kl"):
             step = make_lm_train_step(
                 model,
                 optimizer,
@@ -191,8 +235,8 @@ class _Runner:
                 ce_weight=kd.ce_weight,
                 hparams=hparams,
             )
-            t_state = teacher
-        elif mode in ("gkd", "on_policy"):
+            return _Setup(step, self.batches(seed), _only(LM_KEYS), teacher, {})
+        if mode in ("gkd", "on_policy"):
             g = self.c[mode]
             step = make_gkd_step(
                 module,
@@ -208,18 +252,10 @@ class _Runner:
                 vocab_size=self.vocab,
             )
             prompt_len = self.c.sequence_level.prompt_len
-            batches = (prompt_batch(b, prompt_len) for b in batches)
-            t_state, keys = teacher, GKD_KEYS
-        elif mode == "offline_topk":
+            prepare = lambda b: _only(GKD_KEYS)(prompt_batch(b, prompt_len))
+            return _Setup(step, self.batches(seed), prepare, teacher, {})
+        if mode == "offline_topk":
             cache = self.cache(teacher, teacher_model)
-            # Errors against the untrained student (large log-ratios: pessimistic) here, and
-            # against the trained one below.
-            extra = {
-                "cache": {
-                    **self.cache_report(teacher, teacher_model, model, model.params),
-                    "k": cache.codec.k,
-                }
-            }
             step = make_lm_train_step(
                 model,
                 optimizer,
@@ -227,34 +263,49 @@ class _Runner:
                 ce_weight=kd.ce_weight,
                 hparams={**hparams, "tail": self.c.cache.tail},
             )
-            batches = iter(
-                cache_lib.cached_train_batches(cache, batch_size=s.batch_size, seed=self.c.seed + 1)
-            )
+            data = cache_lib.cached_train_batches(cache, batch_size=batch_size, seed=seed)
             keys = (*LM_KEYS, cache_lib.TOPK_LOGPROBS, cache_lib.TOPK_IDS)
-        elif mode == "sequence_level":
+            return _Setup(step, data, _only(keys), None, {"cache": {"k": cache.codec.k}})
+        if mode == "sequence_level":
             source = self.completions(teacher_module, teacher)
             extra = {"generation_tokens_per_second": source.meta["tokens_per_second"]}
             step = make_lm_train_step(model, optimizer, loss=None)
-            batches = iter(
-                sequence_level.completion_train_batches(
-                    source, batch_size=s.batch_size, seed=self.c.seed + 1
-                )
-            )
+            data = sequence_level.completion_train_batches(source, batch_size=batch_size, seed=seed)
+            return _Setup(step, data, _only(LM_KEYS), None, extra)
+        raise ValueError(f"unknown mode {mode!r} in `config.modes`; known: {list(MODES)}.")
+
+    def student(self, mode: str, teacher_parts, *, warm: bool, name: str) -> dict[str, Any]:
+        """One row: `mode` trained from the warm start (`warm`) or from random init."""
+        module, model, optimizer = self.student_parts()
+        skip = self.c.student.warm_start_steps if warm else 0
+        setup = self.setup(mode, module, model, optimizer, teacher_parts)
+        if warm:
+            state, _ = self.warm_start(model, optimizer)
         else:
-            raise ValueError(f"unknown mode {mode!r} in `config.modes`.")
-        result = train_lm(
-            step,
-            init_train_state(model, optimizer, rng=self.c.seed + 1),
-            t_state,
-            batches,
-            num_steps=s.steps,
-            steps_per_call=self.c.steps_per_call,
-            prepare=_only(keys),
-            log=self._log(mode),
+            state = init_train_state(model, optimizer, rng=self.c.seed + 1)
+        extra = dict(setup.extra)
+        extra["start_step"] = int(state.step)
+        extra["start_params_sha256"] = params_hash(state.params)
+        if mode == "offline_topk":
+            # The cache's errors against the starting student (pessimistic when it is random:
+            # large log-ratios) here, and against the trained one below.
+            extra["cache"] = {
+                **self.cache_report(teacher_parts, model, state.params),
+                **extra["cache"],
+            }
+        result = self._train(
+            setup.step,
+            state,
+            setup.teacher,
+            iter(setup.data[skip:]),
+            self.c.student.steps - skip,
+            name=name,
+            prepare=setup.prepare,
         )
         metrics = self.evaluate(model, result.state.params, result.state.model_state)
+        extra["divergences"] = self.divergences(teacher_parts, model, result.state.params)
         if mode == "offline_topk":
-            trained = self.cache_report(teacher, teacher_model, model, result.state.params)
+            trained = self.cache_report(teacher_parts, model, result.state.params)
             extra["cache_trained_student"] = trained
         return {
             "params": count_params(result.state.params),
@@ -264,17 +315,26 @@ class _Runner:
             **extra,
         }
 
-    def cache_report(self, teacher: TeacherState, teacher_model, student, params):
+    def logits(self, model, params, state, windows: int) -> np.ndarray:
+        """float64 logits `[windows · L, V]` of the first held-out windows."""
+        out = jax.jit(lambda p, x: model.apply(p, state, x, train=False)[0].logits)
+        logits = np.asarray(out(params, self.held_out.inputs[:windows]), np.float64)
+        return logits.reshape(-1, logits.shape[-1])
+
+    def divergences(self, teacher_parts, student, params) -> dict[str, float]:
+        """Held-out KLs and entropies of the student at `params` against the teacher."""
+        _, teacher_model, teacher = teacher_parts
+        n = self.c.data.report_windows
+        real = np.asarray(self.held_out.loss_mask[:n]).reshape(-1) > 0
+        t_logits = self.logits(teacher_model, teacher.params, teacher.state, n)[real]
+        return held_out_divergences(t_logits, self.logits(student, params, student.state, n)[real])
+
+    def cache_report(self, teacher_parts, student, params):
         """The cache's KL errors on held-out windows, against `student` at `params`."""
-        windows = self.held_out.inputs[: self.c.cache.error_windows]
-
-        def logits_of(model, model_params, model_state):
-            out = jax.jit(lambda p, x: model.apply(p, model_state, x, train=False)[0].logits)
-            logits = np.asarray(out(model_params, windows), np.float64)
-            return logits.reshape(-1, logits.shape[-1])
-
-        t_logits = logits_of(teacher_model, teacher.params, teacher.state)
-        s_logits = logits_of(student, params, student.state)
+        _, teacher_model, teacher = teacher_parts
+        n = self.c.cache.error_windows
+        t_logits = self.logits(teacher_model, teacher.params, teacher.state, n)
+        s_logits = self.logits(student, params, student.state, n)
         return topk_cache_error(t_logits, s_logits, self.codec())
 
 
@@ -286,17 +346,27 @@ def run_lm_distill(
 ) -> dict[str, Any]:
     """Runs the experiment; writes `results.json` and `results.md` in `workdir`.
 
+    Every student takes `config.student.steps` optimizer steps of the same batch size and
+    schedule. With `student.warm_start_steps` W > 0 the first W of the `config.modes`
+    students are one shared cross-entropy run, and each mode of `config.cold_modes` is
+    also trained from random init; with W = 0 the `config.modes` students start cold.
+
     Args:
       config: `jaxkd.lm.configs.lm_distill_config()` (possibly overridden).
-      workdir: where the teacher, cache, completions and results go.
+      workdir: where the teacher, cache, completions, warm start and results go.
       texts: optional (train documents, held-out documents) instead of the TFDS corpus.
 
     Returns:
-      {"teacher": row, "students": {mode: row}, "table": markdown}.
+      {"teacher": row, "warm_start": info or None, "students": {mode: row},
+      "cold_students": {mode: row}, "table": markdown}. A student row's `start_step` and
+      `start_params_sha256` say what it started from (the warm start's `steps` and
+      `params_sha256`, or step 0 and the random init).
 
     References:
-      Hinton et al. 2015; Kim & Rush 2016; Agarwal et al. 2024 (GKD).
+      Hinton et al. 2015; Kim & Rush 2016; Agarwal et al. 2024 (GKD); Gu et al. 2024
+      (MiniLLM).
     """
+    check_lm_distill_config(config)
     os.makedirs(workdir, exist_ok=True)
     train, held_out = load_corpus(config, texts)
     runner = _Runner(config, workdir, train, held_out)
@@ -308,29 +378,29 @@ def run_lm_distill(
         **runner.evaluate(t_model, teacher.params, teacher.state),
     }
     log.info("teacher: %.4f bits/byte", teacher_row["bits_per_byte"])
-    students = {}
-    for mode in config.modes:
-        students[mode] = runner.student(mode, t_module, t_model, teacher)
-        log.info("%s: %.4f bits/byte", mode, students[mode]["bits_per_byte"])
-    results = {"teacher": teacher_row, "students": students, "config": config.to_dict()}
-    results["table"] = markdown_table(teacher_row, students)
+    parts = (t_module, t_model, teacher)
+    warm = config.student.warm_start_steps > 0
+    results: dict[str, Any] = {"teacher": teacher_row, "warm_start": None}
+    if warm:
+        results["warm_start"] = runner.warm_start(*runner.student_parts()[1:])[1]
+    for key, modes, from_warm in [
+        ("students", config.modes, warm),
+        ("cold_students", config.cold_modes if warm else [], False),
+    ]:
+        results[key] = {}
+        for mode in modes:
+            name = mode if from_warm or not warm else f"{mode} (cold start)"
+            results[key][mode] = runner.student(mode, parts, warm=from_warm, name=name)
+            log.info("%s: %.4f bits/byte", name, results[key][mode]["bits_per_byte"])
+    results["config"] = config.to_dict()
+    results["table"] = markdown_table(
+        teacher_row,
+        results["students"],
+        cold=results["cold_students"],
+        warm_start=results["warm_start"],
+    )
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(results["table"])
     return results
-
-
-def markdown_table(teacher: dict[str, Any], students: dict[str, dict[str, Any]]) -> str:
-    """The results as a markdown table: one row per model."""
-    lines = [
-        "| model | params | held-out bits/byte | train tok/s | eval tok/s |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    rows = [("teacher", teacher), *((f"student: {m}", r) for m, r in students.items())]
-    for name, row in rows:
-        lines.append(
-            f"| {name} | {row['params']:,} | {row['bits_per_byte']:.3f} | "
-            f"{row['train_tokens_per_second']:,.0f} | {row['tokens_per_second']:,.0f} |"
-        )
-    return "\n".join(lines) + "\n"
