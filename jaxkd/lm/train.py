@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+import grain
 import jax
 import numpy as np
 
@@ -80,7 +81,8 @@ def train_lm(
       train_step: the engine's pure step (not yet jit-compiled).
       state: the initial `TrainState` (donated).
       teacher: the teacher argument of the step (`TeacherState` online, else None).
-      batches: host batches (dicts of arrays); at least `num_steps` of them.
+      batches: host batches (dicts of arrays); at least `num_steps` of them. A
+        `grain.MapDataset` is read ahead by two background threads.
       num_steps: steps to run; a multiple of `steps_per_call`, else the last chunk is
         shorter (and compiles once more).
       steps_per_call: steps per `lax.scan` chunk.
@@ -99,6 +101,11 @@ def train_lm(
             f"{steps_per_call}."
         )
     run = scan_steps(train_step)
+    if isinstance(batches, grain.MapDataset):
+        # Batches (e.g. decoded from the top-k cache) are prepared by background threads
+        # while the compiled steps run, in the same order.
+        options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * steps_per_call)
+        batches = batches.to_iter_dataset(options)
     iterator: Iterator[Batch] = iter(batches)
     history: list[tuple[int, dict[str, float]]] = []
     start = time.perf_counter()
