@@ -100,25 +100,40 @@ class CacheLayout:
         )
 
     def unpack(self, record: bytes) -> dict[str, np.ndarray]:
+        """One record's window: {"inputs", "targets", "loss_mask" [L], "mask", top-k [L, k]}."""
         if len(record) != self.record_bytes:
             raise ValueError(
                 f"a cache record has {len(record)} bytes, the layout expects "
                 f"{self.record_bytes}; the cache is corrupt or of another layout."
             )
-        data = np.frombuffer(record, np.uint8)
-        tokens = data[: self.token_bytes].view(_token_dtype(self.codec.vocab_size))
-        tokens = tokens.astype(np.int32)
-        at = self.token_bytes
-        mask = np.unpackbits(data[at : at + self.mask_bytes], count=self.seq_len)
-        codes = data[at + self.mask_bytes :].reshape(self.seq_len, self.codec.bytes_per_token)
+        batch = self.unpack_batch(np.frombuffer(record, np.uint8)[None])
+        return {key: value[0] for key, value in batch.items()}
+
+    def unpack_batch(self, records: np.ndarray) -> dict[str, np.ndarray]:
+        """N records' windows at once, `[N, record_bytes]` uint8 → arrays with leading N.
+
+        One vectorized decode of all N·L codes: per record, numpy's call overhead would
+        dominate the decoding of a 128-token window.
+        """
+        records = np.asarray(records, np.uint8)
+        if records.ndim != 2 or records.shape[1] != self.record_bytes:
+            raise ValueError(
+                f"`records` must be [N, {self.record_bytes}] uint8, got {records.shape}; the "
+                "cache is corrupt or of another layout."
+            )
+        n, at = records.shape[0], self.token_bytes
+        dtype = _token_dtype(self.codec.vocab_size)
+        tokens = np.ascontiguousarray(records[:, :at]).view(dtype).astype(np.int32)
+        mask = np.unpackbits(records[:, at : at + self.mask_bytes], axis=1, count=self.seq_len)
+        codes = records[:, at + self.mask_bytes :].reshape(n * self.seq_len, -1)
         logprobs, ids = self.codec.decode(codes)
         return {
-            "inputs": tokens[:-1],
-            "targets": tokens[1:],
+            "inputs": tokens[:, :-1],
+            "targets": tokens[:, 1:],
             "loss_mask": mask.astype(np.float32),
-            "mask": np.float32(1.0),
-            TOPK_LOGPROBS: logprobs,
-            TOPK_IDS: ids,
+            "mask": np.ones(n, np.float32),
+            TOPK_LOGPROBS: logprobs.reshape(n, self.seq_len, -1),
+            TOPK_IDS: ids.reshape(n, self.seq_len, -1),
         }
 
 
@@ -232,6 +247,10 @@ class TopKCache:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.layout.unpack(self._source[index])
 
+    def record(self, index: int) -> np.ndarray:
+        """Record `index` still coded, `[record_bytes]` uint8 (see `CacheLayout`)."""
+        return np.frombuffer(self._source[index], np.uint8)
+
     def __repr__(self) -> str:
         return (
             f"TopKCache(windows={len(self)}, seq_len={self.layout.seq_len}, k={self.codec.k}, "
@@ -258,5 +277,7 @@ def cached_train_batches(
     """
     if not 1 <= batch_size <= len(cache):
         raise ValueError(f"`batch_size` must be in [1, {len(cache)}], got {batch_size}.")
-    windows = grain.MapDataset.source(cache).shuffle(seed=seed)
-    return windows.batch(batch_size, drop_remainder=True).repeat(num_epochs)
+    # Records are batched still coded and decoded a batch at a time.
+    records = grain.MapDataset.range(len(cache)).map(cache.record).shuffle(seed=seed)
+    batches = records.batch(batch_size, drop_remainder=True).map(cache.layout.unpack_batch)
+    return batches.repeat(num_epochs)

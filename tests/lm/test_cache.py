@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -149,8 +150,17 @@ def test_cache_round_trip_equals_the_teachers_live_top_k(tmp_path, packed, teach
         np.testing.assert_allclose(
             np.exp(example["teacher_topk_logprobs"]), np.exp(logp), atol=0.01
         )
-    batch = next(iter(cached_train_batches(cache, batch_size=4, seed=0)))
+    batches = cached_train_batches(cache, batch_size=4, seed=0)
+    batch = batches[0]
     assert batch["teacher_topk_ids"].shape == (4, 16, 8)
+    # Batches decoded at once hold exactly the windows `cache[i]` decodes, in the order
+    # of a Grain shuffle of the windows.
+    order = grain.MapDataset.range(len(cache)).shuffle(seed=0)
+    for j, window in enumerate(order[:4]):
+        for key, value in cache[window].items():
+            np.testing.assert_array_equal(batch[key][j], value)
+    with pytest.raises(ValueError, match=r"`records` must be \[N, "):
+        cache.layout.unpack_batch(np.zeros((2, 3), np.uint8))
     with pytest.raises(ValueError, match="already holds a teacher cache"):
         write_topk_cache(tmp_path / "cache", packed, t_state, t_model.apply, codec)
     with pytest.raises(FileNotFoundError, match="holds no teacher cache"):
