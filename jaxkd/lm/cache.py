@@ -20,9 +20,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from array_record.python import array_record_data_source, array_record_module
+from array_record.python import array_record_module
 
 from jaxkd.engine import ApplyFn, TeacherState, apply_fn_of
+from jaxkd.lm._records import open_records
 from jaxkd.lm.distill import TOPK_IDS, TOPK_LOGPROBS
 from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.text import PackedText
@@ -229,17 +230,9 @@ class TopKCache:
     """
 
     def __init__(self, directory: str | os.PathLike):
-        path = os.path.join(directory, META_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory} holds no teacher cache (no {META_FILE}).")
-        with open(path) as f:
-            self.meta = json.load(f)
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {self.meta.get('format')!r}, expected {FORMAT}.")
+        self.meta, self._source = open_records(directory, META_FILE, FORMAT, "teacher cache")
         self.codec = TopKCodec(**self.meta["codec"])
         self.layout = CacheLayout(self.meta["seq_len"], self.codec)
-        paths = [os.path.join(directory, name) for name in self.meta["shards"]]
-        self._source = array_record_data_source.ArrayRecordDataSource(paths)
 
     def __len__(self) -> int:
         return len(self._source)

@@ -16,13 +16,9 @@ All in nats, means over tokens, computed in float64.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import log_softmax
 
 from jaxkd.lm.topk_codec import TopKCodec
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _bucket_kl(log_p_k, log_p_tail, log_q_k, log_q_tail):
@@ -67,7 +63,7 @@ def topk_cache_error(
 
 
 def _report(teacher_logits, student_logits, codec):
-    log_p, log_q = _log_softmax(teacher_logits), _log_softmax(student_logits)
+    log_p, log_q = log_softmax(teacher_logits, axis=-1), log_softmax(student_logits, axis=-1)
     ids = np.argsort(-log_p, axis=1, kind="stable")[:, : codec.k]
     ids = np.sort(ids, axis=1)  # the decoder returns entries sorted by id
     exact = np.take_along_axis(log_p, ids, 1)

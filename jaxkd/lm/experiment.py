@@ -37,7 +37,7 @@ from jaxkd.lm.configs import MODES, check_lm_distill_config, transformer_config
 from jaxkd.lm.distill import make_lm_eval_step, make_lm_train_step
 from jaxkd.lm.models import build_lm, count_params, lm_model, load_lm, save_lm
 from jaxkd.lm.on_policy import make_gkd_step, prompt_batch
-from jaxkd.lm.report import held_out_divergences, markdown_table
+from jaxkd.lm.report import held_out_divergences, lm_logits, markdown_table
 from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.lm.train import evaluate_lm, train_lm
 from jaxkd.text import ByteTokenizer, PackedText, lm_eval_batches, lm_train_batches, pack_texts
@@ -97,6 +97,7 @@ class _Runner:
         self.vocab = ByteTokenizer.vocab_size
         self.tokenizer = ByteTokenizer()
         self.warm_dir = warm_start.warm_start_dir(workdir, config)
+        self._teacher_logits: dict[int, np.ndarray] = {}
 
     def batches(self, seed: int) -> grain.MapDataset:
         return lm_train_batches(self.train, batch_size=self.c.student.batch_size, seed=seed)
@@ -315,27 +316,26 @@ class _Runner:
             **extra,
         }
 
-    def logits(self, model, params, state, windows: int) -> np.ndarray:
-        """float64 logits `[windows · L, V]` of the first held-out windows."""
-        out = jax.jit(lambda p, x: model.apply(p, state, x, train=False)[0].logits)
-        logits = np.asarray(out(params, self.held_out.inputs[:windows]), np.float64)
-        return logits.reshape(-1, logits.shape[-1])
+    def teacher_logits(self, teacher_parts, windows: int) -> np.ndarray:
+        """The teacher's held-out logits, computed once per window count for all rows."""
+        if windows not in self._teacher_logits:
+            _, model, teacher = teacher_parts
+            inputs = self.held_out.inputs[:windows]
+            self._teacher_logits[windows] = lm_logits(model, teacher.params, teacher.state, inputs)
+        return self._teacher_logits[windows]
 
     def divergences(self, teacher_parts, student, params) -> dict[str, float]:
         """Held-out KLs and entropies of the student at `params` against the teacher."""
-        _, teacher_model, teacher = teacher_parts
         n = self.c.data.report_windows
         real = np.asarray(self.held_out.loss_mask[:n]).reshape(-1) > 0
-        t_logits = self.logits(teacher_model, teacher.params, teacher.state, n)[real]
-        return held_out_divergences(t_logits, self.logits(student, params, student.state, n)[real])
+        s_logits = lm_logits(student, params, student.state, self.held_out.inputs[:n])
+        return held_out_divergences(self.teacher_logits(teacher_parts, n)[real], s_logits[real])
 
     def cache_report(self, teacher_parts, student, params):
         """The cache's KL errors on held-out windows, against `student` at `params`."""
-        _, teacher_model, teacher = teacher_parts
         n = self.c.cache.error_windows
-        t_logits = self.logits(teacher_model, teacher.params, teacher.state, n)
-        s_logits = self.logits(student, params, student.state, n)
-        return topk_cache_error(t_logits, s_logits, self.codec())
+        s_logits = lm_logits(student, params, student.state, self.held_out.inputs[:n])
+        return topk_cache_error(self.teacher_logits(teacher_parts, n), s_logits, self.codec())
 
 
 def run_lm_distill(

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
+from scipy.special import log_softmax
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(-1, keepdims=True)
-    return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+def lm_logits(model: Any, params: Any, state: Any, inputs: np.ndarray) -> np.ndarray:
+    """float64 inference logits `[N · L, V]` of the windows `inputs` `[N, L]`.
+
+    Args:
+      model: the LM's `jaxkd.engine.Model` (its `apply`).
+      params: its params; state: its model state.
+      inputs: token windows.
+
+    Returns:
+      One row of logits per token.
+    """
+    logits = jax.jit(lambda p, x: model.apply(p, state, x, train=False)[0].logits)(params, inputs)
+    logits = np.asarray(logits, np.float64)
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def held_out_divergences(
@@ -38,7 +51,7 @@ def held_out_divergences(
             f"`teacher_logits` {teacher_logits.shape} and `student_logits` "
             f"{student_logits.shape} must both be [tokens, vocab]."
         )
-    log_t, log_s = _log_softmax(teacher_logits), _log_softmax(student_logits)
+    log_t, log_s = log_softmax(teacher_logits, axis=-1), log_softmax(student_logits, axis=-1)
 
     def mean_under(log_p, value):  # E_p[value]; 0 · (−inf) = 0 where p is 0 (padding)
         return float((np.exp(log_p) * np.where(np.isneginf(log_p), 0.0, value)).sum(-1).mean())

@@ -22,9 +22,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from array_record.python import array_record_data_source, array_record_module
+from array_record.python import array_record_module
 from flax import nnx
 
+from jaxkd.lm._records import open_records
 from jaxkd.text import Generation, PackedText, completion_batch, generate
 
 META_FILE = "completions.json"
@@ -161,18 +162,10 @@ class CompletionSource:
     """
 
     def __init__(self, directory: str | os.PathLike):
-        path = os.path.join(directory, META_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory} holds no completions (no {META_FILE}).")
-        with open(path) as f:
-            self.meta = json.load(f)
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {self.meta.get('format')!r}, expected {FORMAT}.")
+        self.meta, self._source = open_records(directory, META_FILE, FORMAT, "completions")
         self.prompt_len = int(self.meta["prompt_len"])
         self.max_new_tokens = int(self.meta["max_new_tokens"])
         self.pad_id = int(self.meta["pad_id"])
-        paths = [os.path.join(directory, name) for name in self.meta["shards"]]
-        self._source = array_record_data_source.ArrayRecordDataSource(paths)
 
     @property
     def seq_len(self) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxkd.data.sharding import local_batch_size, process_shard
+from jaxkd.data.sources import open_source
 from jaxkd.text.packing import pack_documents
 from jaxkd.text.text_builder import TextFiles
 from jaxkd.text.tokenizer import Tokenizer
@@ -85,20 +86,7 @@ def read_texts(
     key = text_key or text_key_of(builder)
     if download is None:
         download = isinstance(builder, _LOCAL_BUILDERS)
-    try:
-        source = tfds.data_source(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=download,
-            download_and_prepare_kwargs={"file_format": "array_record"},
-        )
-    except (NotImplementedError, AssertionError, FileNotFoundError) as e:
-        raise ValueError(
-            f"Dataset {name!r} is not prepared as array_record in {builder.data_dir} "
-            f"({type(e).__name__}); prepare it with `tfds build {name} "
-            "--file_format=array_record` or pass download=True."
-        ) from None
+    source = open_source(name, split, data_dir=data_dir, download=download)
     count = len(source) if max_documents is None else min(len(source), max_documents)
     texts = []
     for i in range(count):
