@@ -183,7 +183,8 @@ def shard_batch(
 
     Each process passes its own rows (`[local_batch, ...]` numpy or arrays); the global
     batch is their concatenation in process order, assembled without copying through
-    `jax.make_array_from_process_local_data`. With one process this is a `device_put`.
+    `jax.make_array_from_process_local_data` (`jaxkd.data.to_global_arrays` with
+    `batch_sharding(mesh, rules)`). With one process this is a `device_put`.
 
     Args:
       batch: dict of arrays (nested dicts allowed, e.g. offline multi-teacher logits).
@@ -193,24 +194,18 @@ def shard_batch(
     Returns:
       The same structure of global `jax.Array`s.
 
+    Raises:
+      ValueError: an entry's leading dimension is missing or not divisible by this
+        process's devices of the batch axes.
+
     References:
       JAX multi-process guide, `jax.make_array_from_process_local_data`.
     """
-    sharding = batch_sharding(mesh, rules)
-    devices = int(np.prod([mesh.shape[a] for a in rules.batch_axes]))
-    local = devices // jax.process_count()
+    # Imported here: `jaxkd.data` registers its TFDS builders on import, which users who
+    # bring their own data should not pay for (seconds) when they import `jaxkd.parallel`.
+    from jaxkd.data.sharding import to_global_arrays
 
-    def put(path, x):
-        x = np.asarray(x)
-        if x.ndim == 0 or x.shape[0] % max(local, 1):
-            raise ValueError(
-                f"batch entry {jax.tree_util.keystr(path)} of shape {x.shape} must have a "
-                f"leading dimension divisible by the {local} local devices of the batch axes "
-                f"{rules.batch_axes}."
-            )
-        return jax.make_array_from_process_local_data(sharding, x)
-
-    return jax.tree_util.tree_map_with_path(put, dict(batch))
+    return to_global_arrays(batch, batch_sharding(mesh, rules))
 
 
 def initialize_distributed(

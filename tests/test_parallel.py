@@ -22,9 +22,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxkd import engine, losses, parallel
+from jaxkd.data import to_global_arrays
 from jaxkd.objective import Objective, Term
 
 RULES = parallel.ShardingRules(min_size=64)
@@ -78,6 +80,11 @@ def test_eight_devices_match_one_device():
         assert report[name]["params"] < 1e-5, (name, report[name])
     assert report["mesh_1x8"]["sharded_leaves"] > 0
     assert report["mesh_1x8"]["opt_state_matches_params"]
+    # Uneven rows fail before JAX does, naming the entry, its shape and the devices.
+    assert "['y']['a'] of shape (6, 2)" in report["uneven_batch_error"]
+    assert "divisible by the 8 local devices" in report["uneven_batch_error"]
+    assert report["stacked_placed"]
+    assert "of shape (3, 12, 2) must have dimension 1" in report["uneven_stacked_error"]
 
 
 # ---- the 8-device script ---------------------------------------------------------------
@@ -178,10 +185,32 @@ def _mapped_runs(report):
     }
 
 
+def _batch_placement(report):
+    mesh = parallel.make_mesh(4, 2)
+    try:
+        parallel.shard_batch({"x": np.zeros((8, 2)), "y": {"a": np.zeros((6, 2))}}, mesh)
+        report["uneven_batch_error"] = None
+    except ValueError as e:
+        report["uneven_batch_error"] = str(e)
+    # Stacked epochs: steps replicated, the batch (axis 1) split over every device.
+    stacked = NamedSharding(mesh, P(None, parallel.AXES))
+    epoch = np.arange(3 * 16 * 2, dtype=np.float32).reshape(3, 16, 2)
+    placed = to_global_arrays({"inputs": epoch}, stacked)["inputs"]
+    report["stacked_placed"] = placed.sharding == stacked and bool(
+        np.array_equal(np.asarray(placed), epoch)
+    )
+    try:
+        to_global_arrays({"inputs": epoch[:, :12]}, stacked)
+        report["uneven_stacked_error"] = None
+    except ValueError as e:
+        report["uneven_stacked_error"] = str(e)
+
+
 def _main():
     report = {"devices": jax.device_count()}
     _mesh_runs(report)
     _mapped_runs(report)
+    _batch_placement(report)
     print(json.dumps(report))
 
 

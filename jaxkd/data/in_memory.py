@@ -21,15 +21,31 @@ import grain
 import numpy as np
 
 
+@dataclasses.dataclass(frozen=True)
+class Arrangement:
+    """How `arrange` orders a pipeline's sources into this process's batches.
+
+    Hashable (tuples only), so that it can key the cached epoch orders.
+
+    Attributes:
+      weights: the sources' mixing weights (ignored for one source).
+      seeds: the sources' shuffle seeds.
+      batch_size: global batch size (for the error message).
+      local_batch: rows of each batch on this process.
+      shard_index: this process's shard.
+      shard_count: number of shards.
+    """
+
+    weights: tuple[float, ...]
+    seeds: tuple[int, ...]
+    batch_size: int
+    local_batch: int
+    shard_index: int
+    shard_count: int
+
+
 def arrange(
-    datasets: Sequence[grain.MapDataset],
-    weights: Sequence[float],
-    seeds: Sequence[int],
-    *,
-    batch_size: int,
-    local_batch: int,
-    shard_index: int,
-    shard_count: int,
+    datasets: Sequence[grain.MapDataset], arrangement: Arrangement
 ) -> tuple[grain.MapDataset, int, int]:
     """Orders one or more sources into this process's batches: shuffle, mix, shard, batch.
 
@@ -40,35 +56,31 @@ def arrange(
 
     Args:
       datasets: one `MapDataset` per source.
-      weights: the sources' mixing weights (ignored for one source).
-      seeds: the sources' shuffle seeds.
-      batch_size: global batch size (for the error message).
-      local_batch: rows of each batch on this process.
-      shard_index: this process's shard.
-      shard_count: number of shards.
+      arrangement: the weights, seeds, batch sizes and shard of the `Arrangement`.
 
     Returns:
       (batches, examples per epoch before sharding, steps per epoch).
 
     References: Grain `MapDataset` (shuffle, mix, slice, batch).
     """
-    shuffled = [ds.shuffle(seed=s) for ds, s in zip(datasets, seeds, strict=True)]
+    a = arrangement
+    shuffled = [ds.shuffle(seed=s) for ds, s in zip(datasets, a.seeds, strict=True)]
     if len(shuffled) > 1:
-        examples = grain.MapDataset.mix(shuffled, list(weights))
+        examples = grain.MapDataset.mix(shuffled, list(a.weights))
     else:
         examples = shuffled[0]
     num_examples = len(examples)
-    per_shard = num_examples // shard_count
-    steps_per_epoch = per_shard // local_batch
+    per_shard = num_examples // a.shard_count
+    steps_per_epoch = per_shard // a.local_batch
     if steps_per_epoch == 0:
         raise ValueError(
-            f"`batch_size`={batch_size} leaves no full batch: {num_examples} examples per "
-            f"epoch over {shard_count} process(es)."
+            f"`batch_size`={a.batch_size} leaves no full batch: {num_examples} examples per "
+            f"epoch over {a.shard_count} process(es)."
         )
     # Equal shards give every process the same number of steps, which multi-host
     # training needs; the dropped examples change every epoch with the shuffle.
-    examples = examples[: per_shard * shard_count][shard_index::shard_count]
-    return examples.batch(local_batch, drop_remainder=True), num_examples, steps_per_epoch
+    examples = examples[: per_shard * a.shard_count][a.shard_index :: a.shard_count]
+    return examples.batch(a.local_batch, drop_remainder=True), num_examples, steps_per_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,31 +89,18 @@ class EpochOrder:
 
     Attributes:
       lengths: examples of each source.
-      weights, seeds, batch_size, local_batch, shard_index, shard_count: as in `arrange`.
+      arrangement: the `Arrangement` of the sources.
     """
 
     lengths: tuple[int, ...]
-    weights: tuple[float, ...]
-    seeds: tuple[int, ...]
-    batch_size: int
-    local_batch: int
-    shard_index: int
-    shard_count: int
+    arrangement: Arrangement
 
 
 @functools.lru_cache(maxsize=8)
 def _row_batches(order: EpochOrder) -> tuple[grain.MapDataset, int]:
     offsets = np.cumsum([0, *order.lengths]).tolist()
     rows = [grain.MapDataset.range(offsets[k], offsets[k + 1]) for k in range(len(order.lengths))]
-    batches, _, steps = arrange(
-        rows,
-        order.weights,
-        order.seeds,
-        batch_size=order.batch_size,
-        local_batch=order.local_batch,
-        shard_index=order.shard_index,
-        shard_count=order.shard_count,
-    )
+    batches, _, steps = arrange(rows, order.arrangement)
     return batches.repeat(), steps
 
 
@@ -160,23 +159,16 @@ def _materialize(datasets: Sequence[grain.MapDataset]) -> dict[str, np.ndarray] 
 
 
 def in_memory_epochs(
-    datasets: Sequence[grain.MapDataset],
-    weights: Sequence[float],
-    seeds: Sequence[int],
-    *,
-    batch_size: int,
-    local_batch: int,
-    shard_index: int,
-    shard_count: int,
+    datasets: Sequence[grain.MapDataset], arrangement: Arrangement
 ) -> InMemoryEpochs | None:
-    """The in-memory epochs of the pipeline `arrange(datasets, ...)` (then repeated).
+    """The in-memory epochs of the pipeline `arrange(datasets, arrangement)` (then repeated).
 
     Only for sources whose elements do not depend on the epoch (no random views, no
     mixup): element i of each source is read once, at epoch 0.
 
     Args:
       datasets: the sources' examples before shuffling (the pipeline's own datasets).
-      weights, seeds, batch_size, local_batch, shard_index, shard_count: as in `arrange`.
+      arrangement: as in `arrange`.
 
     Returns:
       The `InMemoryEpochs`, or None when the sources' examples differ in keys, dtypes or
@@ -187,13 +179,4 @@ def in_memory_epochs(
     arrays = _materialize(datasets)
     if arrays is None:
         return None
-    order = EpochOrder(
-        tuple(len(ds) for ds in datasets),
-        tuple(weights),
-        tuple(int(s) for s in seeds),
-        batch_size,
-        local_batch,
-        shard_index,
-        shard_count,
-    )
-    return InMemoryEpochs(arrays, order)
+    return InMemoryEpochs(arrays, EpochOrder(tuple(len(ds) for ds in datasets), arrangement))

@@ -28,8 +28,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from mnist1d.data import get_dataset_args, make_dataset
+
+from jaxkd.data._builder import ArrayRecordBuilder
 
 _CITATION = """\
 @inproceedings{greydanus2024scaling,
@@ -123,7 +124,7 @@ def generate(num_samples: int, seed: int, train_fraction: float) -> dict[str, np
     }
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(ArrayRecordBuilder):
     """DatasetBuilder for MNIST-1D, generated locally with the `mnist1d` package."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -142,16 +143,6 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
             num_unlabeled=50_000,
         ),
     ]
-
-    # TFDS finds a builder's checksums and metadata next to its source file through
-    # `importlib.resources`, which fails for namespace-package installs; say where it is.
-    pkg_dir_path = epath.Path(__file__).parent
-    code_path = epath.Path(__file__)
-
-    def __init__(self, *, file_format: str | None = None, **kwargs: Any):
-        # Random access (tfds.data_source / Grain) needs array_record, which is also the
-        # only format TFDS can write and read without TensorFlow.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

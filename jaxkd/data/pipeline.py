@@ -30,7 +30,7 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
-from jaxkd.data.in_memory import InMemoryEpochs, arrange, in_memory_epochs
+from jaxkd.data.in_memory import Arrangement, InMemoryEpochs, arrange, in_memory_epochs
 from jaxkd.data.mixup import Mixup
 from jaxkd.data.preprocess import Preprocess
 from jaxkd.data.sharding import local_batch_size, process_shard
@@ -303,19 +303,19 @@ def train_pipeline(
         random_views.append(preprocess.is_random)
     if len(datasets) > 1:
         _check_same_inputs(datasets, sources)
-    weights = [s.weight for s in sources]
-    shuffle_seeds = [_derive_seed(seed, k, 0) for k in range(len(sources))]
-    shard = dict(
+    arrangement = Arrangement(
+        weights=tuple(s.weight for s in sources),
+        seeds=tuple(_derive_seed(seed, k, 0) for k in range(len(sources))),
         batch_size=batch_size,
         local_batch=local_batch,
         shard_index=shard_index,
         shard_count=shard_count,
     )
-    batches, num_examples, steps_per_epoch = arrange(datasets, weights, shuffle_seeds, **shard)
+    batches, num_examples, steps_per_epoch = arrange(datasets, arrangement)
     fast = None
     if cache and mixup_alpha == 0 and not any(random_views):
         # Examples that are the same in every epoch are computed once; epochs are gathers.
-        fast = in_memory_epochs(datasets, weights, shuffle_seeds, **shard)
+        fast = in_memory_epochs(datasets, arrangement)
     if mixup_alpha > 0:
         num_classes = {spec.num_classes for spec in specs}
         if len(num_classes) > 1:

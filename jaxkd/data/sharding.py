@@ -12,20 +12,26 @@ import numpy as np
 
 def to_global_arrays(
     batch: Mapping[str, Any], sharding: jax.sharding.Sharding | Mapping[str, Any]
-) -> dict[str, jax.Array]:
+) -> dict[str, Any]:
     """Assembles each process's rows of a batch into global arrays with `sharding`.
 
-    global[key] = concatenate over processes p of batch_p[key] (along axis 0), placed by
-    `jax.make_array_from_process_local_data`; with one process this is `device_put`.
+    global[key] = concatenate over processes p of batch_p[key] (along the split axes), placed
+    by `jax.make_array_from_process_local_data`; with one process this is `device_put`.
 
     Args:
-      batch: dict of numpy arrays, the rows this process read ([local_batch, ...]).
-      sharding: one `jax.sharding.Sharding` for every key (e.g.
+      batch: dict of numpy arrays, the rows this process read ([local_batch, ...]); nested
+        dicts are allowed (e.g. offline multi-teacher logits).
+      sharding: one `jax.sharding.Sharding` for every entry (e.g.
         `NamedSharding(mesh, PartitionSpec("data"))`, which splits axis 0 only and so fits
-        every rank), or a mapping from key to sharding.
+        every rank), or a mapping from top-level key to the sharding of all entries under it.
 
     Returns:
-      A dict of global `jax.Array`s with leading dimension local_batch · process_count.
+      The same structure of global `jax.Array`s, with leading dimension
+      local_batch · process_count for a sharding that splits axis 0 over every process.
+
+    Raises:
+      ValueError: an entry has fewer dimensions than its sharding splits (e.g. a scalar), or
+        a split dimension is not divisible by the devices of this process it is split over.
 
     References: JAX multi-process guide, `jax.make_array_from_process_local_data`.
     """
@@ -35,13 +41,38 @@ def to_global_arrays(
         missing = sorted(set(batch) - set(sharding))
         if missing:
             raise ValueError(f"`sharding` has no entry for batch keys {missing}.")
-        return {
-            k: jax.make_array_from_process_local_data(sharding[k], np.asarray(v))
-            for k, v in batch.items()
-        }
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
+
+    def put(path: tuple[Any, ...], value: Any) -> jax.Array:
+        entry = sharding[path[0].key] if isinstance(sharding, Mapping) else sharding
+        value = np.asarray(value)
+        _check_local_shape(jax.tree_util.keystr(path), value.shape, entry)
+        return jax.make_array_from_process_local_data(entry, value)
+
+    return jax.tree_util.tree_map_with_path(put, dict(batch))
+
+
+def _check_local_shape(name: str, shape: tuple[int, ...], sharding: jax.sharding.Sharding) -> None:
+    # JAX's own errors name neither the batch entry nor, for a scalar, the problem.
+    described = sharding.spec if isinstance(sharding, jax.sharding.NamedSharding) else sharding
+    if isinstance(sharding, jax.sharding.NamedSharding) and len(shape) < len(sharding.spec):
+        raise ValueError(
+            f"batch entry {name} of shape {shape} has {len(shape)} dimension(s) but its "
+            f"sharding {described} splits {len(sharding.spec)}: a batch entry needs a leading "
+            "dimension (and any other its sharding splits)."
+        )
+    # Each dimension of this process's rows is cut into as many pieces as this process's
+    # devices hold distinct slices of it. Every split count divides the device count, so
+    # a shape of `num_devices` in every dimension reveals them.
+    probe = (sharding.num_devices,) * len(shape)
+    indices = sharding.addressable_devices_indices_map(probe).values()
+    for axis, size in enumerate(shape):
+        pieces = len({index[axis].start for index in indices})
+        if size % pieces:
+            what = "a leading dimension" if axis == 0 else f"dimension {axis}"
+            raise ValueError(
+                f"batch entry {name} of shape {shape} must have {what} divisible by the "
+                f"{pieces} local devices it is split over ({described})."
+            )
 
 
 def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:

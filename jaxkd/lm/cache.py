@@ -27,6 +27,7 @@ from jaxkd.lm._records import open_records
 from jaxkd.lm.distill import TOPK_IDS, TOPK_LOGPROBS
 from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.text import PackedText
+from jaxkd.text.lm_data import shuffled_batches
 
 META_FILE = "cache.json"
 FORMAT = "jaxkd.topk_cache.v2"  # v2: enumerative ids, refined levels
@@ -254,23 +255,20 @@ class TopKCache:
 def cached_train_batches(
     cache: TopKCache, *, batch_size: int, seed: int, num_epochs: int | None = None
 ) -> grain.MapDataset:
-    """Shuffled batches of cached windows, a new order every epoch (cf. `lm_train_batches`).
+    """The cached windows as `shuffled_batches`: a new order every epoch, top-k decoded.
 
     Args:
       cache: the `TopKCache`.
-      batch_size: windows per batch (the last partial batch of an epoch is dropped).
-      seed: shuffle seed.
-      num_epochs: epochs; None repeats forever.
+      batch_size, seed, num_epochs: as in `jaxkd.text.lm_data.shuffled_batches`.
 
     Returns:
-      A `grain.MapDataset` of batches with the teacher's top-k.
+      A `grain.MapDataset` of `cache[i]`'s entries batched: LM windows with the teacher's
+      top-k.
 
     References:
       Grain `MapDataset`.
     """
-    if not 1 <= batch_size <= len(cache):
-        raise ValueError(f"`batch_size` must be in [1, {len(cache)}], got {batch_size}.")
     # Records are batched still coded and decoded a batch at a time.
-    records = grain.MapDataset.range(len(cache)).map(cache.record).shuffle(seed=seed)
-    batches = records.batch(batch_size, drop_remainder=True).map(cache.layout.unpack_batch)
-    return batches.repeat(num_epochs)
+    records = grain.MapDataset.range(len(cache)).map(cache.record)
+    batches = shuffled_batches(records, batch_size=batch_size, seed=seed, num_epochs=num_epochs)
+    return batches.map(cache.layout.unpack_batch)

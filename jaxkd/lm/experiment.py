@@ -1,14 +1,15 @@
 """The LM distillation experiment: a teacher, then one student per mode, as a table.
 
-`run_lm_distill(config, workdir)` trains (or reloads) the teacher on the corpus, writes
-its top-k cache and its completions once, trains a student per mode with the same steps,
-batch size and optimizer, and evaluates every model on the held-out split in bits per
-byte. With `config.student.warm_start_steps = W > 0` every student first gets the same W
-steps of cross-entropy (trained once, saved, see `jaxkd.lm.warm_start`) and each mode
-runs the remaining steps with its own objective; `config.cold_modes` adds rows of modes
-trained from random init for all the steps. Each row also gives the model's params, its
-training throughput (target tokens per second of the mode's step, teacher and sampling
-included), its own evaluation throughput and its held-out divergences from the teacher
+`run_lm_distill(config, workdir)` trains (or reloads) the teacher on the corpus, trains
+a student per mode with the same steps, batch size and optimizer (what each mode trains
+with, its top-k cache or its completions written once, is `jaxkd.lm.modes`), and
+evaluates every model on the held-out split in bits per byte. With
+`config.student.warm_start_steps = W > 0` every student first gets the same W steps of
+cross-entropy (trained once, saved, see `jaxkd.lm.warm_start`) and each mode runs the
+remaining steps with its own objective; `config.cold_modes` adds rows of modes trained
+from random init for all the steps. Each row also gives the model's params, its training
+throughput (target tokens per second of the mode's step, teacher and sampling included),
+its own evaluation throughput and its held-out divergences from the teacher
 (`jaxkd.lm.report`). The teacher, cache, completions and warm start are kept in
 `workdir` and reused.
 """
@@ -18,10 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -29,22 +29,17 @@ import optax
 
 from jaxkd.checkpoint import params_hash
 from jaxkd.engine import TeacherState, TrainState, freeze_teacher, init_train_state
-from jaxkd.engine.step import TrainStep
-from jaxkd.lm import cache as cache_lib
-from jaxkd.lm import sequence_level, warm_start
+from jaxkd.lm import warm_start
 from jaxkd.lm.cache_error import topk_cache_error
-from jaxkd.lm.configs import MODES, check_lm_distill_config, transformer_config
+from jaxkd.lm.configs import check_lm_distill_config, transformer_config
 from jaxkd.lm.distill import make_lm_eval_step, make_lm_train_step
 from jaxkd.lm.models import build_lm, count_params, lm_model, load_lm, save_lm
-from jaxkd.lm.on_policy import make_gkd_step, prompt_batch
+from jaxkd.lm.modes import LM_KEYS, TeacherParts, mode_setup, only, student_batches, topk_codec
 from jaxkd.lm.report import held_out_divergences, lm_logits, markdown_table
-from jaxkd.lm.topk_codec import TopKCodec
 from jaxkd.lm.train import evaluate_lm, train_lm
 from jaxkd.text import ByteTokenizer, PackedText, lm_eval_batches, lm_train_batches, pack_texts
 
 log = logging.getLogger("jaxkd.lm")
-LM_KEYS = ("inputs", "targets", "loss_mask")
-GKD_KEYS = (*LM_KEYS, "prompts", "prompt_lengths")
 
 
 def _optimizer(part: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -74,46 +69,32 @@ def load_corpus(
     return pack_texts(train, tokenizer, d.seq_len), pack_texts(held_out, tokenizer, d.seq_len)
 
 
-def _only(keys: Sequence[str]):
-    return lambda batch: {k: batch[k] for k in keys}
-
-
-class _Setup(NamedTuple):
-    """How one mode trains: its step, its batch stream, and what it adds to its row."""
-
-    step: TrainStep
-    data: grain.MapDataset  # a warm-started student reads it from batch W on
-    prepare: Callable[[dict], dict]
-    teacher: TeacherState | None
-    extra: dict[str, Any]
-
-
 class _Runner:
-    """The experiment's shared pieces: data, teacher, warm start, eval, the modes."""
+    """The experiment's shared pieces: data, teacher, warm start, eval and the reports.
+
+    What differs between rows (step, batches, teacher input) is `jaxkd.lm.modes`.
+    """
 
     def __init__(self, config, workdir, train: PackedText, held_out: PackedText):
         self.c, self.workdir = config, workdir
         self.train, self.held_out = train, held_out
         self.vocab = ByteTokenizer.vocab_size
-        self.tokenizer = ByteTokenizer()
         self.warm_dir = warm_start.warm_start_dir(workdir, config)
         self._teacher_logits: dict[int, np.ndarray] = {}
-
-    def batches(self, seed: int) -> grain.MapDataset:
-        return lm_train_batches(self.train, batch_size=self.c.student.batch_size, seed=seed)
 
     def evaluate(self, model, params, state) -> dict[str, float]:
         eval_step = jax.jit(make_lm_eval_step(model))
         batches = lm_eval_batches(self.held_out, batch_size=self.c.data.eval_batch_size)
         return evaluate_lm(eval_step, params, state, batches, num_bytes=self.held_out.num_bytes)
 
-    def teacher(self) -> tuple[Any, Any, TeacherState, dict[str, Any]]:
+    def teacher(self) -> tuple[TeacherParts, dict[str, Any]]:
         path = os.path.join(self.workdir, "teacher")
         if os.path.isfile(os.path.join(path, "lm_model.json")):
             module, params, _ = load_lm(path)
             model = lm_model(module, vocab_size=self.vocab)
-            info = json.load(open(os.path.join(path, "train.json")))
-            return module, model, TeacherState(params, model.state), info
+            with open(os.path.join(path, "train.json")) as f:
+                info = json.load(f)
+            return TeacherParts(module, model, TeacherState(params, model.state)), info
         t = self.c.teacher
         module = build_lm(transformer_config(t.model), seed=self.c.seed)
         model = lm_model(module, vocab_size=self.vocab)
@@ -125,7 +106,7 @@ class _Runner:
         info = {"train_tokens_per_second": result.tokens_per_second, "seconds": result.seconds}
         with open(os.path.join(path, "train.json"), "w") as f:
             json.dump(info, f)
-        return module, model, freeze_teacher(result.state), info
+        return TeacherParts(module, model, freeze_teacher(result.state)), info
 
     def _train(self, step, state, teacher, batches, num_steps, *, name="teacher", prepare=None):
         return train_lm(
@@ -135,7 +116,7 @@ class _Runner:
             batches,
             num_steps=num_steps,
             steps_per_call=self.c.steps_per_call,
-            prepare=prepare or _only(LM_KEYS),
+            prepare=prepare or only(LM_KEYS),
             log=self._log(name),
         )
 
@@ -163,7 +144,7 @@ class _Runner:
             make_lm_train_step(model, optimizer, loss=None),
             target,
             None,
-            iter(self.batches(self.c.seed + 1)),
+            iter(student_batches(self.c, self.train)),
             self.c.student.warm_start_steps,
             name="warm start",
         )
@@ -177,109 +158,14 @@ class _Runner:
         # Every mode, the first included, starts from the saved state, not the live one.
         return self.warm_start(model, optimizer)
 
-    def cache(self, teacher: TeacherState, teacher_model) -> cache_lib.TopKCache:
-        path = os.path.join(self.workdir, "cache")
-        if not os.path.isfile(os.path.join(path, cache_lib.META_FILE)):
-            cache_lib.write_topk_cache(
-                path,
-                self.train,
-                teacher,
-                teacher_model.apply,
-                self.codec(),
-                batch_size=self.c.student.batch_size,
-                max_windows=self.c.student.steps * self.c.student.batch_size,
-            )
-        return cache_lib.TopKCache(path)
-
-    def codec(self) -> TopKCodec:
-        fields = ("k", "exact_top", "top_bits", "value_bits", "tail_bits", "alpha")
-        return TopKCodec(
-            vocab_size=self.c.student.model.vocab_size, **{f: self.c.cache[f] for f in fields}
-        )
-
-    def completions(self, teacher_module, teacher: TeacherState):
-        path = os.path.join(self.workdir, "completions")
-        s = self.c.sequence_level
-        if not os.path.isfile(os.path.join(path, sequence_level.META_FILE)):
-            sequence_level.write_completions(
-                path,
-                teacher_module,
-                teacher.params,
-                self.train,
-                prompt_len=s.prompt_len,
-                max_new_tokens=self.c.data.seq_len + 1 - s.prompt_len,
-                pad_id=self.tokenizer.pad_id,
-                eos_id=self.tokenizer.eos_id,
-                vocab_size=self.vocab,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                batch_size=s.batch_size,
-                num_prompts=s.num_prompts,
-                seed=self.c.seed,
-            )
-        return sequence_level.CompletionSource(path)
-
-    def setup(self, mode: str, module, model, optimizer, teacher_parts) -> _Setup:
-        """The step, batches and teacher argument of `mode`."""
-        teacher_module, teacher_model, teacher = teacher_parts
-        kd, seed, batch_size = self.c.kd, self.c.seed + 1, self.c.student.batch_size
-        hparams = {"temperature": kd.temperature}
-        if mode == "scratch":
-            step = make_lm_train_step(model, optimizer, loss=None)
-            return _Setup(step, self.batches(seed), _only(LM_KEYS), None, {})
-        if mode in ("forward_kl", "reverse_kl"):
-            step = make_lm_train_step(
-                model,
-                optimizer,
-                loss=mode,
-                teacher_apply=teacher_model,
-                ce_weight=kd.ce_weight,
-                hparams=hparams,
-            )
-            return _Setup(step, self.batches(seed), _only(LM_KEYS), teacher, {})
-        if mode in ("gkd", "on_policy"):
-            g = self.c[mode]
-            step = make_gkd_step(
-                module,
-                model,
-                optimizer,
-                teacher_apply=teacher_model,
-                lam=g.lam,
-                beta=g.beta,
-                temperature=kd.temperature,
-                sample_temperature=g.get("sample_temperature", 1.0),
-                pad_id=self.tokenizer.pad_id,
-                eos_id=self.tokenizer.eos_id,
-                vocab_size=self.vocab,
-            )
-            prompt_len = self.c.sequence_level.prompt_len
-            prepare = lambda b: _only(GKD_KEYS)(prompt_batch(b, prompt_len))
-            return _Setup(step, self.batches(seed), prepare, teacher, {})
-        if mode == "offline_topk":
-            cache = self.cache(teacher, teacher_model)
-            step = make_lm_train_step(
-                model,
-                optimizer,
-                loss="sparse_forward_kl",
-                ce_weight=kd.ce_weight,
-                hparams={**hparams, "tail": self.c.cache.tail},
-            )
-            data = cache_lib.cached_train_batches(cache, batch_size=batch_size, seed=seed)
-            keys = (*LM_KEYS, cache_lib.TOPK_LOGPROBS, cache_lib.TOPK_IDS)
-            return _Setup(step, data, _only(keys), None, {"cache": {"k": cache.codec.k}})
-        if mode == "sequence_level":
-            source = self.completions(teacher_module, teacher)
-            extra = {"generation_tokens_per_second": source.meta["tokens_per_second"]}
-            step = make_lm_train_step(model, optimizer, loss=None)
-            data = sequence_level.completion_train_batches(source, batch_size=batch_size, seed=seed)
-            return _Setup(step, data, _only(LM_KEYS), None, extra)
-        raise ValueError(f"unknown mode {mode!r} in `config.modes`; known: {list(MODES)}.")
-
-    def student(self, mode: str, teacher_parts, *, warm: bool, name: str) -> dict[str, Any]:
+    def student(
+        self, mode: str, teacher_parts: TeacherParts, *, warm: bool, name: str
+    ) -> dict[str, Any]:
         """One row: `mode` trained from the warm start (`warm`) or from random init."""
-        module, model, optimizer = self.student_parts()
+        parts = self.student_parts()
+        _, model, optimizer = parts
         skip = self.c.student.warm_start_steps if warm else 0
-        setup = self.setup(mode, module, model, optimizer, teacher_parts)
+        setup = mode_setup(mode, self.c, self.workdir, self.train, parts, teacher_parts)
         if warm:
             state, _ = self.warm_start(model, optimizer)
         else:
@@ -316,26 +202,26 @@ class _Runner:
             **extra,
         }
 
-    def teacher_logits(self, teacher_parts, windows: int) -> np.ndarray:
+    def teacher_logits(self, teacher: TeacherParts, windows: int) -> np.ndarray:
         """The teacher's held-out logits, computed once per window count for all rows."""
         if windows not in self._teacher_logits:
-            _, model, teacher = teacher_parts
+            params, state = teacher.state.params, teacher.state.state
             inputs = self.held_out.inputs[:windows]
-            self._teacher_logits[windows] = lm_logits(model, teacher.params, teacher.state, inputs)
+            self._teacher_logits[windows] = lm_logits(teacher.model, params, state, inputs)
         return self._teacher_logits[windows]
 
-    def divergences(self, teacher_parts, student, params) -> dict[str, float]:
+    def divergences(self, teacher_parts: TeacherParts, student, params) -> dict[str, float]:
         """Held-out KLs and entropies of the student at `params` against the teacher."""
         n = self.c.data.report_windows
         real = np.asarray(self.held_out.loss_mask[:n]).reshape(-1) > 0
         s_logits = lm_logits(student, params, student.state, self.held_out.inputs[:n])
         return held_out_divergences(self.teacher_logits(teacher_parts, n)[real], s_logits[real])
 
-    def cache_report(self, teacher_parts, student, params):
+    def cache_report(self, teacher_parts: TeacherParts, student, params) -> dict[str, float]:
         """The cache's KL errors on held-out windows, against `student` at `params`."""
         n = self.c.cache.error_windows
         s_logits = lm_logits(student, params, student.state, self.held_out.inputs[:n])
-        return topk_cache_error(self.teacher_logits(teacher_parts, n), s_logits, self.codec())
+        return topk_cache_error(self.teacher_logits(teacher_parts, n), s_logits, topk_codec(self.c))
 
 
 def run_lm_distill(
@@ -370,15 +256,15 @@ def run_lm_distill(
     os.makedirs(workdir, exist_ok=True)
     train, held_out = load_corpus(config, texts)
     runner = _Runner(config, workdir, train, held_out)
-    t_module, t_model, teacher, info = runner.teacher()
+    parts, info = runner.teacher()
+    teacher = parts.state
     teacher_row = {
         "params": count_params(teacher.params),
         "train_tokens_per_second": info["train_tokens_per_second"],
         "train_seconds": info["seconds"],
-        **runner.evaluate(t_model, teacher.params, teacher.state),
+        **runner.evaluate(parts.model, teacher.params, teacher.state),
     }
     log.info("teacher: %.4f bits/byte", teacher_row["bits_per_byte"])
-    parts = (t_module, t_model, teacher)
     warm = config.student.warm_start_steps > 0
     results: dict[str, Any] = {"teacher": teacher_row, "warm_start": None}
     if warm:

@@ -27,6 +27,7 @@ from flax import nnx
 
 from jaxkd.lm._records import open_records
 from jaxkd.text import Generation, PackedText, completion_batch, generate
+from jaxkd.text.lm_data import shuffled_batches
 
 META_FILE = "completions.json"
 FORMAT = "jaxkd.completions.v1"
@@ -199,21 +200,19 @@ class CompletionSource:
 def completion_train_batches(
     source: CompletionSource, *, batch_size: int, seed: int, num_epochs: int | None = None
 ) -> grain.MapDataset:
-    """Shuffled batches of completions, a new order every epoch (cf. `lm_train_batches`).
+    """The completions as `shuffled_batches`: a new order every epoch.
 
     Args:
       source: the `CompletionSource`.
-      batch_size: examples per batch (a last partial batch of an epoch is dropped).
-      seed: shuffle seed.
-      num_epochs: epochs; None repeats forever.
+      batch_size, seed, num_epochs: as in `jaxkd.text.lm_data.shuffled_batches`.
 
     Returns:
-      A `grain.MapDataset` of {"inputs", "targets", "loss_mask", "mask"} batches.
+      A `grain.MapDataset` of {"inputs", "targets", "loss_mask", "mask"} batches, the
+      loss on the completions.
 
     References:
-      Grain `MapDataset`.
+      Kim & Rush 2016 (sequence-level KD); Grain `MapDataset`.
     """
-    if not 1 <= batch_size <= len(source):
-        raise ValueError(f"`batch_size` must be in [1, {len(source)}], got {batch_size}.")
-    examples = grain.MapDataset.source(source).shuffle(seed=seed)
-    return examples.batch(batch_size, drop_remainder=True).repeat(num_epochs)
+    return shuffled_batches(
+        grain.MapDataset.source(source), batch_size=batch_size, seed=seed, num_epochs=num_epochs
+    )

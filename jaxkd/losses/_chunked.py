@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxkd.losses import _checks
+
 RowFn = Callable[..., jax.Array]
 
 
@@ -73,6 +75,30 @@ def token_map(
     if chunk_size is None or chunk_size >= num_rows:
         return fn(params, *arrays)
     return _chunked_map(fn, chunk_size, params, arrays)
+
+
+def token_loss(
+    fn: RowFn,
+    params: Sequence[jax.typing.ArrayLike],
+    arrays: Sequence[jax.typing.ArrayLike],
+    *,
+    mask: jax.typing.ArrayLike | None,
+    reduction: _checks.Reduction,
+    chunk_size: int | None,
+) -> jax.Array:
+    """`token_map` over `[B, L, ...]` arrays as `B·L` rows, reduced over the tokens of `mask`.
+
+    Half-precision arrays stay half precision here: `fn` promotes its own rows (one chunk at
+    a time when chunking), so no float32 copy of a `[B, L, V]` array is made.
+
+    Returns:
+      `_checks.reduce` of the `[B, L]` per-token values: a scalar, or `[B, L]` for "none".
+    """
+    arrays = [jnp.asarray(a) for a in arrays]
+    batch, length = arrays[0].shape[:2]
+    rows = [a.reshape(-1, *a.shape[2:]) for a in arrays]
+    values = token_map(fn, params, rows, chunk_size=chunk_size)
+    return _checks.reduce(values.reshape(batch, length), mask, reduction)
 
 
 def _chunk_start(index: jax.Array, chunk_size: int, num_rows: int) -> jax.Array:

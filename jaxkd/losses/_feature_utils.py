@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxkd.losses import _checks
+
 # Gram matrices and kernels are compared across two networks; TF32/bf16 matmul passes on
 # accelerators would add errors of the size of the signal. The reference implementations
 # run these products in full float32, so ask for it explicitly.
@@ -33,6 +35,12 @@ def check_same_dims(
             f"`{a_name}` and `{b_name}` must have the same {what}, got "
             f"{a_name}.shape={shape_a} and {b_name}.shape={shape_b}."
         )
+
+
+def check_features(x: jax.typing.ArrayLike, name: str, rank: int | Sequence[int]) -> None:
+    """Raises unless `x` is a floating-point array of rank `rank` (one of them, if several)."""
+    _checks.check_floating(x, name)
+    _checks.check_rank(x, name, rank=rank)
 
 
 def l2_normalize(x: jax.Array, axis: int | tuple[int, ...] = -1, eps: float = 1e-12) -> jax.Array:
@@ -73,3 +81,25 @@ def pool_to_common(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pools two NHWC maps to their common (per-axis smallest) spatial shape."""
     common = (min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2]))
     return adaptive_avg_pool(a, common), adaptive_avg_pool(b, common)
+
+
+def checked_map_pair(
+    student_features: jax.typing.ArrayLike,
+    teacher_features: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike | None,
+    reduction: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Checks two NHWC maps that need only share the batch size (and `mask` `[B]`, `reduction`).
+
+    Returns:
+      Both maps in float32 (float64 stays float64), pooled to their common spatial shape.
+    """
+    s_name, t_name = "student_features", "teacher_features"
+    check_features(student_features, s_name, 4)
+    check_features(teacher_features, t_name, 4)
+    check_same_dims(student_features, teacher_features, s_name, t_name, (0,), "batch size")
+    _checks.check_mask(mask, jnp.shape(student_features)[:1], against=s_name)
+    _checks.check_reduction(reduction)
+    return pool_to_common(
+        _checks.to_float32(student_features), _checks.to_float32(teacher_features)
+    )

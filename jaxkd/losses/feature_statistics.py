@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses import _checks
-from jaxkd.losses._feature_utils import HIGHEST, check_same_dims, l2_normalize, pool_to_common
-
-_S, _T = "student_features", "teacher_features"
-
-
-def _check_map(x: jax.typing.ArrayLike, name: str) -> None:
-    _checks.check_floating(x, name)
-    _checks.check_rank(x, name, rank=4)
+from jaxkd.losses._feature_utils import (
+    HIGHEST,
+    check_features,
+    check_same_dims,
+    checked_map_pair,
+    l2_normalize,
+    pool_to_common,
+)
 
 
 def _fsp_matrix(first: jax.Array, second: jax.Array) -> jax.Array:
@@ -67,7 +67,7 @@ def fsp(
         "teacher_second": teacher_second,
     }
     for name, x in maps.items():
-        _check_map(x, name)
+        check_features(x, name, 4)
     for name, x in list(maps.items())[1:]:
         check_same_dims(student_first, x, "student_first", name, axes=(0,), what="batch size")
     for layer in ("first", "second"):
@@ -115,14 +115,7 @@ def nst(
       Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity
       Transfer", arXiv:1707.01219, 2017.
     """
-    _check_map(student_features, "student_features")
-    _check_map(teacher_features, "teacher_features")
-    check_same_dims(student_features, teacher_features, _S, _T, (0,), "batch size")
-    _checks.check_mask(mask, jnp.shape(student_features)[:1], against="student_features")
-    _checks.check_reduction(reduction)
-    s, t = pool_to_common(
-        _checks.to_float32(student_features), _checks.to_float32(teacher_features)
-    )
+    s, t = checked_map_pair(student_features, teacher_features, mask, reduction)
     batch, height, width = s.shape[:3]
     s = l2_normalize(s.reshape(batch, height * width, -1), axis=1)
     t = l2_normalize(t.reshape(batch, height * width, -1), axis=1)

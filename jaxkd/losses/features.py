@@ -15,14 +15,16 @@ import jax.numpy as jnp
 import optax
 
 from jaxkd.losses import _checks
-from jaxkd.losses._feature_utils import HIGHEST, check_same_dims, l2_normalize, pool_to_common
+from jaxkd.losses._feature_utils import (
+    HIGHEST,
+    check_features,
+    check_same_dims,
+    checked_map_pair,
+    l2_normalize,
+    pool_to_common,
+)
 
 _S, _T = "student_features", "teacher_features"
-
-
-def _check_features(x: jax.typing.ArrayLike, name: str, rank) -> None:
-    _checks.check_floating(x, name)
-    _checks.check_rank(x, name, rank=rank)
 
 
 def hint(
@@ -115,14 +117,7 @@ def attention_transfer(
         raise ValueError(f'`mode` must be "code" or "paper", got {mode!r}.')
     if isinstance(p, int | float) and not p > 0:
         raise ValueError(f"`p` must be positive, got {p!r}.")
-    _check_features(student_features, "student_features", 4)
-    _check_features(teacher_features, "teacher_features", 4)
-    check_same_dims(student_features, teacher_features, _S, _T, (0,), "batch size")
-    _checks.check_mask(mask, jnp.shape(student_features)[:1], against="student_features")
-    _checks.check_reduction(reduction)
-    student, teacher = pool_to_common(
-        _checks.to_float32(student_features), _checks.to_float32(teacher_features)
-    )
+    student, teacher = checked_map_pair(student_features, teacher_features, mask, reduction)
     a_s = _attention_map(student, p, mode)
     a_t = _attention_map(teacher, p, mode)
     diff = a_s - a_t
@@ -220,8 +215,8 @@ def vid(
     References:
       Ahn et al., "Variational Information Distillation for Knowledge Transfer", CVPR 2019.
     """
-    _check_features(student_features, "student_features", (2, 4))
-    _check_features(teacher_features, "teacher_features", (2, 4))
+    check_features(student_features, "student_features", (2, 4))
+    check_features(teacher_features, "teacher_features", (2, 4))
     _checks.check_floating(log_scale, "log_scale")
     s_shape, t_shape = jnp.shape(student_features), jnp.shape(teacher_features)
     if len(s_shape) != len(t_shape):
@@ -278,8 +273,8 @@ def cosine_embedding(
       Sanh et al., "DistilBERT, a distilled version of BERT: smaller, faster, cheaper and
       lighter", NeurIPS 2019 EMC² workshop.
     """
-    _check_features(student_hidden, "student_hidden", (2, 3))
-    _check_features(teacher_hidden, "teacher_hidden", (2, 3))
+    check_features(student_hidden, "student_hidden", (2, 3))
+    check_features(teacher_hidden, "teacher_hidden", (2, 3))
     _checks.check_same_shape(student_hidden, teacher_hidden, "student_hidden", "teacher_hidden")
     _checks.check_mask(mask, jnp.shape(student_hidden)[:-1], against="student_hidden")
     _checks.check_reduction(reduction)

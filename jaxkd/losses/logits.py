@@ -90,6 +90,15 @@ def kl_rows(log_p_student: Array, log_p_teacher: Array) -> Array:
     return optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher, axis=-1)
 
 
+def _soft_target_kl(
+    student_logits: ArrayLike, teacher_logits: ArrayLike, temperature: ArrayLike
+) -> Array:
+    """Per-example `T² · KL(softmax(t / T) ‖ softmax(s / T))`, Hinton's soft-target term."""
+    return temperature**2 * kl_rows(
+        log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
+    )
+
+
 def kd(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -123,10 +132,7 @@ def kd(
     check_logit_pair(student_logits, teacher_logits, mask)
     check_reduction(reduction)
     check_positive(temperature, "temperature")
-    per_example = temperature**2 * kl_rows(
-        log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
-    )
-    return reduce(per_example, mask, reduction)
+    return reduce(_soft_target_kl(student_logits, teacher_logits, temperature), mask, reduction)
 
 
 def kd_with_labels(
@@ -171,9 +177,7 @@ def kd_with_labels(
     hard = optax.losses.softmax_cross_entropy_with_integer_labels(
         to_float32(student_logits), jnp.asarray(labels)
     )
-    soft = temperature**2 * kl_rows(
-        log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
-    )
+    soft = _soft_target_kl(student_logits, teacher_logits, temperature)
     return reduce(alpha * hard + (1.0 - alpha) * soft, mask, reduction)
 
 
@@ -313,10 +317,7 @@ def logit_standardized_kd(
     check_positive(temperature, "temperature")
     z_student = _standardize(student_logits, eps)
     z_teacher = _standardize(teacher_logits, eps)
-    per_example = temperature**2 * kl_rows(
-        log_probs(z_student, temperature), log_probs(z_teacher, temperature)
-    )
-    return reduce(per_example, mask, reduction)
+    return reduce(_soft_target_kl(z_student, z_teacher, temperature), mask, reduction)
 
 
 def pseudo_label(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses import _checks
-from jaxkd.losses._chunked import check_chunk_size, token_map
+from jaxkd.losses._chunked import check_chunk_size, token_loss
 from jaxkd.losses._logspace import LOG_FLOOR, floor_log, kl_rows, log1mexp, log_probs
 
 ArrayLike = jax.typing.ArrayLike
@@ -149,19 +149,11 @@ def sparse_forward_kl(
         reduction,
         chunk_size,
     )
-    student_logits = jnp.asarray(student_logits)
-    teacher_topk_logprobs = jnp.asarray(teacher_topk_logprobs)
-    teacher_topk_ids = jnp.asarray(teacher_topk_ids)
-    batch, length, vocab = student_logits.shape
-    k = teacher_topk_logprobs.shape[-1]
-    values = token_map(
+    return token_loss(
         partial(_sparse_rows, tail=tail),
         (temperature,),
-        (
-            student_logits.reshape(-1, vocab),
-            teacher_topk_logprobs.reshape(-1, k),
-            teacher_topk_ids.reshape(-1, k),
-        ),
+        (student_logits, teacher_topk_logprobs, teacher_topk_ids),
+        mask=mask,
+        reduction=reduction,
         chunk_size=chunk_size,
     )
-    return _checks.reduce(values.reshape(batch, length), mask, reduction)

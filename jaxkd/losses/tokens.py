@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxkd.losses import _checks
-from jaxkd.losses._chunked import check_chunk_size, token_map
+from jaxkd.losses._chunked import check_chunk_size, token_loss
 from jaxkd.losses._logspace import kl_rows, kl_to_mixture, log_probs, safe_log, safe_log1m
 
 ArrayLike = jax.typing.ArrayLike
@@ -52,27 +52,21 @@ def _token_loss(
     chunk_size: int | None,
 ) -> jax.Array:
     _check_token_logits(student_logits, teacher_logits, mask, reduction, chunk_size)
-    student_logits, teacher_logits = jnp.asarray(student_logits), jnp.asarray(teacher_logits)
-    batch, length, vocab = student_logits.shape
-    # Half-precision logits stay half precision here; each row function promotes its own
-    # rows (one chunk at a time when chunking), so no float32 copy of [B, L, V] is made.
-    values = token_map(
+    return token_loss(
         rows,
         params,
-        (student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)),
+        (student_logits, teacher_logits),
+        mask=mask,
+        reduction=reduction,
         chunk_size=chunk_size,
     )
-    return _checks.reduce(values.reshape(batch, length), mask, reduction)
 
 
-def _forward_kl_rows(params, student, teacher):
+def _kl_rows(params, student, teacher, *, reverse: bool):
     (temperature,) = params
-    return kl_rows(log_probs(teacher, temperature), log_probs(student, temperature))
-
-
-def _reverse_kl_rows(params, student, teacher):
-    (temperature,) = params
-    return kl_rows(log_probs(student, temperature), log_probs(teacher, temperature))
+    log_t, log_s = log_probs(teacher, temperature), log_probs(student, temperature)
+    # Forward KL(p_T ‖ p_S), or reverse KL(p_S ‖ p_T).
+    return kl_rows(log_s, log_t) if reverse else kl_rows(log_t, log_s)
 
 
 def _total_variation_rows(params, student, teacher):
@@ -82,16 +76,12 @@ def _total_variation_rows(params, student, teacher):
     return 0.5 * jnp.sum(jnp.abs(p_t - p_s), axis=-1)
 
 
-def _skew_forward_kl_rows(params, student, teacher):
+def _skew_kl_rows(params, student, teacher, *, reverse: bool):
     temperature, alpha = params
     log_t, log_s = log_probs(teacher, temperature), log_probs(student, temperature)
-    return kl_to_mixture(log_t, log_s, safe_log(alpha), safe_log1m(alpha))
-
-
-def _skew_reverse_kl_rows(params, student, teacher):
-    temperature, alpha = params
-    log_t, log_s = log_probs(teacher, temperature), log_probs(student, temperature)
-    return kl_to_mixture(log_s, log_t, safe_log(alpha), safe_log1m(alpha))
+    # KL(p ‖ α·p + (1 − α)·q): p = p_T and q = p_S (forward), or p = p_S and q = p_T (reverse).
+    log_p, log_q = (log_s, log_t) if reverse else (log_t, log_s)
+    return kl_to_mixture(log_p, log_q, safe_log(alpha), safe_log1m(alpha))
 
 
 def _generalized_jsd_rows(params, student, teacher, *, normalize: bool):
@@ -140,14 +130,9 @@ def forward_kl(
       Kim & Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016 (word-level KD);
       Agarwal et al., "On-Policy Distillation of Language Models" (GKD), ICLR 2024.
     """
+    rows = partial(_kl_rows, reverse=False)
     return _token_loss(
-        _forward_kl_rows,
-        student_logits,
-        teacher_logits,
-        (temperature,),
-        mask,
-        reduction,
-        chunk_size,
+        rows, student_logits, teacher_logits, (temperature,), mask, reduction, chunk_size
     )
 
 
@@ -180,14 +165,9 @@ def reverse_kl(
     References:
       Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024.
     """
+    rows = partial(_kl_rows, reverse=True)
     return _token_loss(
-        _reverse_kl_rows,
-        student_logits,
-        teacher_logits,
-        (temperature,),
-        mask,
-        reduction,
-        chunk_size,
+        rows, student_logits, teacher_logits, (temperature,), mask, reduction, chunk_size
     )
 
 
@@ -284,14 +264,9 @@ def skew_forward_kl(
       Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models",
       ICML 2024 (α-SKL).
     """
+    rows = partial(_skew_kl_rows, reverse=False)
     return _token_loss(
-        _skew_forward_kl_rows,
-        student_logits,
-        teacher_logits,
-        (temperature, alpha),
-        mask,
-        reduction,
-        chunk_size,
+        rows, student_logits, teacher_logits, (temperature, alpha), mask, reduction, chunk_size
     )
 
 
@@ -326,14 +301,9 @@ def skew_reverse_kl(
       Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models",
       ICML 2024 (α-SRKL).
     """
+    rows = partial(_skew_kl_rows, reverse=True)
     return _token_loss(
-        _skew_reverse_kl_rows,
-        student_logits,
-        teacher_logits,
-        (temperature, alpha),
-        mask,
-        reduction,
-        chunk_size,
+        rows, student_logits, teacher_logits, (temperature, alpha), mask, reduction, chunk_size
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxkd import engine, parallel
-from jaxkd.data import Pipeline
+from jaxkd.data import Pipeline, to_global_arrays
 from jaxkd.engine.evaluate import EvalStep
 from jaxkd.engine.step import TrainStep
 
@@ -51,11 +51,7 @@ def shard_stacked(batches: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     References:
       JAX, `jax.make_array_from_process_local_data`.
     """
-    sharding = stacked_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in batches.items()
-    }
+    return to_global_arrays(batches, stacked_sharding(mesh))
 
 
 def _abstract(batch: Mapping[str, np.ndarray], sharding: NamedSharding, axis: int) -> Any:

@@ -192,6 +192,48 @@ def load_packed(
     return pack_texts(texts, tokenizer, seq_len, add_bos=add_bos, drop_remainder=drop_remainder)
 
 
+def shuffled_batches(
+    examples: grain.MapDataset,
+    *,
+    batch_size: int,
+    seed: int,
+    num_epochs: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.MapDataset:
+    """Shuffled batches of any random-access examples, a new order every epoch.
+
+    Epoch e visits the examples in the Grain shuffle of seed `seed + e`; the last
+    `N mod batch_size` of each order are dropped, and shard p of P takes every P-th
+    example of it, so a global batch is the P shards' rows of one slice of the order.
+
+    Args:
+      examples: the examples (e.g. `grain.MapDataset.source(packed)`).
+      batch_size: global batch size, a multiple of `shard_count`.
+      seed: shuffle seed.
+      num_epochs: epochs to repeat; None repeats forever.
+      shard_index: this process's shard.
+      shard_count: number of shards.
+
+    Returns:
+      A `grain.MapDataset` of this shard's batches of `batch_size / shard_count` rows.
+
+    References:
+      Grain `MapDataset` (shuffle, slice, batch, repeat).
+    """
+    shard_index, shard_count = process_shard(shard_index, shard_count)
+    local = local_batch_size(batch_size, shard_count)
+    per_shard = len(examples) // shard_count
+    if per_shard < local:
+        raise ValueError(
+            f"`batch_size`={batch_size} leaves no full batch: {len(examples)} examples over "
+            f"{shard_count} process(es)."
+        )
+    # Grain reshuffles per epoch through the slices: index e·N + i is position i of epoch e.
+    order = examples.shuffle(seed=seed)[: per_shard * shard_count][shard_index::shard_count]
+    return order.batch(local, drop_remainder=True).repeat(num_epochs)
+
+
 def lm_train_batches(
     packed: PackedText,
     *,
@@ -201,10 +243,7 @@ def lm_train_batches(
     shard_index: int | None = None,
     shard_count: int | None = None,
 ) -> grain.MapDataset:
-    """Shuffled training batches of this process, a new order every epoch.
-
-    Each epoch visits every window once (the last `N mod batch_size` of its order are
-    dropped); process p of P takes every P-th window of the order.
+    """Shuffled training batches of this process, a new order every epoch (`shuffled_batches`).
 
     Args:
       packed: the windows.
@@ -222,16 +261,14 @@ def lm_train_batches(
       Grain `MapDataset` (shuffle, slice, batch, repeat).
     """
     shard_index, shard_count = process_shard(shard_index, shard_count)
-    local = local_batch_size(batch_size, shard_count)
-    per_shard = len(packed) // shard_count
-    if per_shard < local:
-        raise ValueError(
-            f"`batch_size`={batch_size} leaves no full batch: {len(packed)} windows over "
-            f"{shard_count} process(es)."
-        )
-    windows = grain.MapDataset.source(packed).shuffle(seed=seed)
-    windows = windows[: per_shard * shard_count][shard_index::shard_count]
-    return windows.batch(local, drop_remainder=True).repeat(num_epochs)
+    return shuffled_batches(
+        grain.MapDataset.source(packed),
+        batch_size=batch_size,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
 
 
 class _Padding(grain.transforms.Map):

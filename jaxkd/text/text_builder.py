@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
-from etils import epath
+
+from jaxkd.data._builder import ArrayRecordBuilder
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_EXCLUDE = ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__")
@@ -126,7 +127,7 @@ def list_files(config: TextFilesConfig) -> list[tuple[str, pathlib.Path]]:
     return files
 
 
-class TextFiles(tfds.core.GeneratorBasedBuilder):
+class TextFiles(ArrayRecordBuilder):
     """DatasetBuilder for a directory of text files, one example per file."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -142,14 +143,6 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
             max_bytes=2_000_000,
         ),
     ]
-
-    # As for MNIST-1D: TFDS cannot locate a namespace-package builder's directory itself.
-    pkg_dir_path = epath.Path(__file__).parent
-    code_path = epath.Path(__file__)
-
-    def __init__(self, *, file_format: str | None = None, **kwargs: Any):
-        # array_record is the only format TFDS writes and reads without TensorFlow.
-        super().__init__(file_format=file_format or "array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

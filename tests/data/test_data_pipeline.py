@@ -157,6 +157,10 @@ def test_to_global_arrays_places_the_batch(mnist1d_dir):
     for key, value in arrays.items():
         assert isinstance(value, jax.Array) and value.sharding == sharding
         np.testing.assert_array_equal(np.asarray(value), batch[key])
+    nested = to_global_arrays({"teachers": {"a": batch["inputs"]}}, {"teachers": sharding})
+    np.testing.assert_array_equal(np.asarray(nested["teachers"]["a"]), batch["inputs"])
+    with pytest.raises(ValueError, match=r"\['scale'\] of shape \(\).*leading dimension"):
+        to_global_arrays({"scale": np.float32(1.0)}, sharding)
     with pytest.raises(ValueError, match="no entry for batch keys"):
         to_global_arrays(batch, {"inputs": sharding})
     with pytest.raises(TypeError, match="batch"):

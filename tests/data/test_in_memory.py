@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxkd.data import Preprocess, Source, dataset_spec, train_pipeline
-from jaxkd.data.in_memory import in_memory_epochs
+from jaxkd.data.in_memory import Arrangement, in_memory_epochs
 
 EPOCHS = (0, 1, 3)
 
@@ -136,15 +136,15 @@ def test_sources_of_different_layouts_are_left_to_grain():
         )
 
     def build(*dtypes):
-        return in_memory_epochs(
-            [source(k, d) for k, d in enumerate(dtypes)],
-            [1.0] * len(dtypes),
-            list(range(len(dtypes))),
+        arrangement = Arrangement(
+            weights=(1.0,) * len(dtypes),
+            seeds=tuple(range(len(dtypes))),
             batch_size=4,
             local_batch=4,
             shard_index=0,
             shard_count=1,
         )
+        return in_memory_epochs([source(k, d) for k, d in enumerate(dtypes)], arrangement)
 
     assert build(np.float32, np.float64) is None
     epoch = build(np.float32, np.float32).epoch(0)["inputs"]

@@ -6,30 +6,16 @@ from flax import nnx
 
 from jaxkd.engine import TeacherState
 from jaxkd.lm import build_lm, lm_model
-from jaxkd.models.transformer import TransformerConfig
-from jaxkd.text import ByteTokenizer, pack_texts
+from jaxkd.lm.configs import lm_distill_config, transformer_config
+from jaxkd.text import ByteTokenizer, PackedText, pack_texts
 
 VOCAB = ByteTokenizer.vocab_size  # 259 ids; the models have one padded row (260)
 PAD, EOS = ByteTokenizer.pad_id, ByteTokenizer.eos_id
-SEQ_LEN = 16
-TEACHER = TransformerConfig(
-    vocab_size=260,
-    dim=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    hidden_dim=48,
-    max_seq_len=2 * SEQ_LEN,
-)
-STUDENT = TransformerConfig(
-    vocab_size=260,
-    dim=16,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    hidden_dim=32,
-    max_seq_len=2 * SEQ_LEN,
-)
+# The experiment's own toy sizes (`lm_distill_config(tiny=True)`).
+_TINY = lm_distill_config(tiny=True)
+SEQ_LEN = _TINY.data.seq_len
+TEACHER = transformer_config(_TINY.teacher.model)
+STUDENT = transformer_config(_TINY.student.model)
 LM_KEYS = ("inputs", "targets", "loss_mask")
 
 
@@ -41,6 +27,11 @@ def texts(n: int, seed: int = 0) -> list[str]:
 
 def packed_corpus(n: int = 40, seed: int = 0):
     return pack_texts(texts(n, seed), ByteTokenizer(), SEQ_LEN)
+
+
+def first_windows(packed: PackedText, n: int) -> PackedText:
+    """The first `n` windows of `packed` (what a cache or completions of n windows hold)."""
+    return PackedText(packed.inputs[:n], packed.targets[:n], packed.loss_mask[:n], 0, 0)
 
 
 def peaked_teacher():

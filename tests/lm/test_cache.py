@@ -7,10 +7,11 @@ import grain
 import jax
 import numpy as np
 import pytest
-from _lm_helpers import VOCAB, batch_of
+from _lm_helpers import VOCAB, batch_of, first_windows
 
 from jaxkd.lm import TopKCache, TopKCodec, cached_train_batches, topk_fn, write_topk_cache
 from jaxkd.lm.cache_error import topk_cache_error
+from jaxkd.text import lm_train_batches
 
 
 def _distributions(n, vocab, k, seed=0):
@@ -159,6 +160,18 @@ def test_cache_round_trip_equals_the_teachers_live_top_k(tmp_path, packed, teach
     for j, window in enumerate(order[:4]):
         for key, value in cache[window].items():
             np.testing.assert_array_equal(batch[key][j], value)
+    # The cached windows come in the order the online rows read the same windows, with a
+    # new order each epoch.
+    online = lm_train_batches(
+        first_windows(packed, 11), batch_size=4, seed=0, num_epochs=2, shard_index=0, shard_count=1
+    )
+    offline = cached_train_batches(cache, batch_size=4, seed=0, num_epochs=2)
+    assert len(offline) == len(online) == 2 * 2
+    for i in range(len(online)):
+        for key in ("inputs", "targets", "loss_mask", "mask"):
+            np.testing.assert_array_equal(offline[i][key], online[i][key])
+    with pytest.raises(ValueError, match=r"`batch_size`=12 leaves no full batch: 11 examples"):
+        cached_train_batches(cache, batch_size=12, seed=0)
     with pytest.raises(ValueError, match=r"`records` must be \[N, "):
         cache.layout.unpack_batch(np.zeros((2, 3), np.uint8))
     with pytest.raises(ValueError, match="already holds a teacher cache"):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _lm_helpers import LM_KEYS, batch_of, new_student
+from _lm_helpers import batch_of, new_student
 
 from jaxkd import losses
 from jaxkd.engine import TeacherConfig, init_train_state
@@ -118,4 +118,3 @@ def test_bad_configurations_raise():
     assert teacher_config(None, None).mode == "none"
     assert isinstance(teacher_config("sparse_forward_kl", None), TeacherConfig)
     assert [t.name for t in lm_objective("forward_kl", ce_weight=0.1).terms] == ["ce", "kd"]
-    assert LM_KEYS == ("inputs", "targets", "loss_mask")

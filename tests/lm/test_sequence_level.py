@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _lm_helpers import EOS, PAD, VOCAB, new_student
+from _lm_helpers import EOS, PAD, VOCAB, first_windows, new_student
 
 from jaxkd.engine import init_train_state
 from jaxkd.lm import (
@@ -14,28 +14,30 @@ from jaxkd.lm import (
     make_lm_train_step,
     write_completions,
 )
-from jaxkd.text import generate
+from jaxkd.text import generate, lm_train_batches
+
+
+def _completions(directory, teacher, packed, **kw):
+    """Teacher completions of `packed` written to `directory`, four prompts a call."""
+    module, _, t_state = teacher
+    kw = {"pad_id": PAD, "eos_id": EOS, "vocab_size": VOCAB, "batch_size": 4, **kw}
+    meta = write_completions(directory, module, t_state.params, packed, **kw)
+    return meta, CompletionSource(directory)
 
 
 def test_completions_are_the_teachers_greedy_tokens(tmp_path, packed, teacher):
     module, _, t_state = teacher
-    meta = write_completions(
+    meta, source = _completions(
         tmp_path / "gen",
-        module,
-        t_state.params,
+        teacher,
         packed,
         prompt_len=5,
         max_new_tokens=12,
-        pad_id=PAD,
-        eos_id=EOS,
-        vocab_size=VOCAB,
         temperature=0.0,
-        batch_size=4,
         num_prompts=6,
         records_per_shard=4,
     )
     assert meta["num_examples"] == 6 and len(meta["shards"]) == 2
-    source = CompletionSource(tmp_path / "gen")
     assert len(source) == 6 and source.seq_len == 16
     prompts = jnp.asarray(packed.inputs[:6, :5])
     live = generate(
@@ -64,25 +66,26 @@ def test_completions_are_the_teachers_greedy_tokens(tmp_path, packed, teacher):
 
 
 def test_student_fine_tunes_with_cross_entropy_on_completions(tmp_path, packed, teacher):
-    module, _, t_state = teacher
-    write_completions(
+    _, source = _completions(
         tmp_path / "gen",
-        module,
-        t_state.params,
+        teacher,
         packed,
         prompt_len=4,
         max_new_tokens=13,
-        pad_id=PAD,
-        eos_id=EOS,
-        vocab_size=VOCAB,
         temperature=1.0,
         top_p=0.9,
-        batch_size=4,
         num_prompts=8,
         seed=3,
     )
-    source = CompletionSource(tmp_path / "gen")
-    batch = next(iter(completion_train_batches(source, batch_size=4, seed=0)))
+    batches = completion_train_batches(source, batch_size=4, seed=0, num_epochs=2)
+    # The prompts come in the order the online rows read their windows, anew each epoch.
+    online = lm_train_batches(
+        first_windows(packed, 8), batch_size=4, seed=0, num_epochs=2, shard_index=0, shard_count=1
+    )
+    assert len(batches) == len(online) == 2 * 2
+    for i in range(len(online)):
+        np.testing.assert_array_equal(batches[i]["inputs"][:, :4], online[i]["inputs"][:, :4])
+    batch = batches[0]
     batch = {k: batch[k] for k in ("inputs", "targets", "loss_mask")}
     _, student = new_student()
     opt = optax.sgd(0.1)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def normal(seed: int, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
@@ -97,3 +98,65 @@ def assert_grad_matches_reference(case: Case, seed: int = 0, step: float = 1e-5)
 
 def subset(args: tuple[np.ndarray, ...], batched: tuple[bool, ...], keep: np.ndarray):
     return tuple(a[keep] if b else a for a, b in zip(args, batched, strict=True))
+
+
+# ---------------------------------------------------------------- checks shared by the test files
+
+
+def assert_matches_reference(fn: Callable, case: Case) -> None:
+    """`fn` (the case's function, possibly jitted) gives a float32 scalar equal to the float64
+    reference."""
+    value = fn(*case.args)
+    assert value.shape == () and value.dtype == jnp.float32
+    np.testing.assert_allclose(value, case.ref64(*case.args), rtol=2e-5, atol=1e-7)
+
+
+def assert_vmap_matches_single(case: Case) -> None:
+    """vmap over two stacked problems equals the two problems run one at a time."""
+    other = tuple(0.5 * a + 0.25 for a in case.args)
+    stacked = tuple(np.stack([a, b]) for a, b in zip(case.args, other, strict=True))
+    values = jax.jit(jax.vmap(case.fn))(*stacked)
+    single = case.jit
+    np.testing.assert_allclose(values, [single(*case.args), single(*other)], rtol=1e-5)
+
+
+def assert_bfloat16_gives_float32(case: Case, atol: float = 0.0) -> None:
+    """bfloat16 inputs give a float32 result equal to that of the same values in float32."""
+    fn = case.jit
+    half = tuple(jnp.asarray(a, jnp.bfloat16) for a in case.args)
+    value = fn(*half)
+    assert value.dtype == jnp.float32
+    widened = fn(*(a.astype(jnp.float32) for a in half))
+    np.testing.assert_allclose(value, widened, rtol=1e-5, atol=atol)
+
+
+def assert_finite_and_accurate(case: Case, large: Case) -> None:
+    """`large` (the same case at magnitude 1e4) has finite values and gradients and matches
+    the reference; `case`'s compiled functions are reused (same shapes: no recompile)."""
+    value, grads = case.value_and_grad(*large.args)
+    assert np.isfinite(value)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    np.testing.assert_allclose(value, large.ref64(*large.args), rtol=1e-4)
+
+
+def assert_mask_equals_sub_batch(case: Case) -> None:
+    """Masking every other example equals the loss of the valid sub-batch, for all reductions."""
+    batch = case.args[0].shape[0]
+    keep = np.arange(batch) % 2 == 0
+    mean, total, per_example = case.reductions(case.args, keep)
+    np.testing.assert_allclose(mean, case.ref64(*subset(case.args, case.batched, keep)), rtol=1e-5)
+    assert per_example.shape == (batch,)
+    np.testing.assert_array_equal(per_example[~keep], 0.0)
+    np.testing.assert_allclose(total, per_example.sum(), rtol=1e-5)
+    np.testing.assert_allclose(per_example.sum() / keep.sum(), mean, rtol=1e-5)
+    # A fully padded batch gives 0, not NaN.
+    np.testing.assert_array_equal(case.reductions(case.args, np.zeros(batch, bool))[0], 0.0)
+
+
+def raises_naming(error, fn, *args, names, shapes, **kwargs) -> None:
+    """`fn(*args, **kwargs)` raises `error` with every name and shape in its message."""
+    with pytest.raises(error) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    for item in (*names, *(str(tuple(s)) for s in shapes)):
+        assert item in message, f"{item!r} not in {message!r}"

@@ -305,13 +305,7 @@ def test_crd_init():
     seed=st.integers(0, 2**16),
 )
 def test_property_matches_numpy_positive(batch, dim, num_data, num_negatives, nce_t, seed):
-    rng = np.random.default_rng(seed)
-    state = crd_init(jax.random.key(seed), num_data=num_data, feat_dim=dim)
-    s, t = _unit(rng, (batch, dim)), _unit(rng, (batch, dim))
-    indices = rng.choice(num_data, size=batch, replace=False)
-    contrast = np.concatenate(
-        [indices[:, None], rng.integers(0, num_data, (batch, num_negatives))], axis=1
-    )
+    state, s, t, indices, contrast = _setup(seed, batch, dim, num_data, num_negatives)
     loss, new = CRD(
         jnp.float32(s),
         jnp.float32(t),

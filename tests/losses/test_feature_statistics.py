@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 from _feature_refs import (
     Case,
+    assert_bfloat16_gives_float32,
+    assert_finite_and_accurate,
     assert_grad_matches_reference,
+    assert_mask_equals_sub_batch,
+    assert_matches_reference,
+    assert_vmap_matches_single,
     normal,
     np_adaptive_pool,
     np_l2_normalize,
     np_pool_to_common,
-    subset,
+    raises_naming,
 )
 from absl.testing import parameterized
 from hypothesis import given, settings
@@ -91,10 +96,7 @@ class MatchesReferenceTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(*[(name, name) for name in NAMES])
     def test_matches_float64_numpy(self, name):
-        case = CASES[name]
-        value = self.variant(case.fn)(*case.args)
-        assert value.shape == () and value.dtype == jnp.float32
-        np.testing.assert_allclose(value, case.ref64(*case.args), rtol=2e-5, atol=1e-7)
+        assert_matches_reference(self.variant(CASES[name].fn), CASES[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -104,30 +106,17 @@ def test_gradient_matches_reference_central_difference(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_stacked_problems(name):
-    case = CASES[name]
-    other = tuple(0.5 * a + 0.25 for a in case.args)
-    stacked = tuple(np.stack([a, b]) for a, b in zip(case.args, other, strict=True))
-    single = case.jit
-    values = jax.jit(jax.vmap(case.fn))(*stacked)
-    np.testing.assert_allclose(values, [single(*case.args), single(*other)], rtol=1e-5)
+    assert_vmap_matches_single(CASES[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_inputs_give_float32(name):
-    case = CASES[name]
-    fn = case.jit
-    half = tuple(jnp.asarray(a, jnp.bfloat16) for a in case.args)
-    value = fn(*half)
-    assert value.dtype == jnp.float32
-    np.testing.assert_allclose(value, fn(*(a.astype(jnp.float32) for a in half)), rtol=1e-5)
+    assert_bfloat16_gives_float32(CASES[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_at_magnitude_1e4(name):
-    case = make_case(name, scale=1e4)
-    value, grads = CASES[name].value_and_grad(*case.args)  # same shapes: no recompile
-    assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
-    np.testing.assert_allclose(value, case.ref64(*case.args), rtol=1e-4)
+    assert_finite_and_accurate(CASES[name], make_case(name, scale=1e4))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -141,17 +130,7 @@ def test_zero_with_zero_gradient_when_student_equals_teacher(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_mask_equals_loss_on_valid_sub_batch(name):
-    case = CASES[name]
-    batch = case.args[0].shape[0]
-    keep = np.arange(batch) % 2 == 0
-    mean, total, per_example = case.reductions(case.args, keep)
-    np.testing.assert_allclose(mean, case.ref64(*subset(case.args, case.batched, keep)), rtol=1e-5)
-    assert per_example.shape == (batch,)
-    np.testing.assert_array_equal(per_example[~keep], 0.0)
-    np.testing.assert_allclose(total, per_example.sum(), rtol=1e-5)
-    np.testing.assert_allclose(per_example.sum() / keep.sum(), mean, rtol=1e-5)
-    # A fully padded batch gives 0, not NaN.
-    np.testing.assert_array_equal(case.reductions(case.args, np.zeros(batch, bool))[0], 0.0)
+    assert_mask_equals_sub_batch(CASES[name])
 
 
 def test_nst_is_invariant_to_channel_scale_and_order():
@@ -234,19 +213,11 @@ def test_property_matches_reference_and_is_finite(
 # ---------------------------------------------------------------- bad input
 
 
-def _raises(error, fn, *args, names, shapes, **kwargs):
-    with pytest.raises(error) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    for item in (*names, *(str(tuple(s)) for s in shapes)):
-        assert item in message, f"{item!r} not in {message!r}"
-
-
 def test_fsp_bad_inputs():
     s1, s2 = np.zeros((2, 4, 4, 3), np.float32), np.zeros((2, 2, 2, 5), np.float32)
     t1, t2 = np.zeros((2, 4, 4, 3), np.float32), np.zeros((2, 2, 2, 5), np.float32)
     t2_batch = np.zeros((3, 2, 2, 5), np.float32)
-    _raises(
+    raises_naming(
         ValueError,
         fsp,
         s1,
@@ -257,7 +228,7 @@ def test_fsp_bad_inputs():
         shapes=(s1.shape, t2_batch.shape),
     )
     t1_wide = np.zeros((2, 4, 4, 6), np.float32)
-    _raises(
+    raises_naming(
         ValueError,
         fsp,
         s1,
@@ -268,13 +239,13 @@ def test_fsp_bad_inputs():
         shapes=(s1.shape, t1_wide.shape),
     )
     nchw = np.zeros((3, 4, 4), np.float32)
-    _raises(
+    raises_naming(
         ValueError, fsp, s1, nchw, t1, t2, names=("student_second", "rank 4"), shapes=(nchw.shape,)
     )
     with pytest.raises(TypeError, match="teacher_first"):
         fsp(s1, s2, t1.astype(np.int32), t2)
     bad_mask = np.ones((2, 1))
-    _raises(
+    raises_naming(
         ValueError,
         fsp,
         s1,
@@ -289,7 +260,7 @@ def test_fsp_bad_inputs():
 
 def test_nst_bad_inputs():
     s, t = np.zeros((2, 4, 4, 3), np.float32), np.zeros((3, 4, 4, 3), np.float32)
-    _raises(
+    raises_naming(
         ValueError,
         nst,
         s,
@@ -298,8 +269,10 @@ def test_nst_bad_inputs():
         shapes=(s.shape, t.shape),
     )
     nchw = np.zeros((3, 4, 4), np.float32)
-    _raises(ValueError, nst, nchw, s, names=("student_features", "rank 4"), shapes=(nchw.shape,))
+    raises_naming(
+        ValueError, nst, nchw, s, names=("student_features", "rank 4"), shapes=(nchw.shape,)
+    )
     with pytest.raises(TypeError, match="student_features"):
         nst(s.astype(np.int8), s)
     bad_mask = np.ones((3,))
-    _raises(ValueError, nst, s, s, mask=bad_mask, names=("mask",), shapes=(bad_mask.shape,))
+    raises_naming(ValueError, nst, s, s, mask=bad_mask, names=("mask",), shapes=(bad_mask.shape,))

@@ -6,16 +6,20 @@ import functools
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from _feature_refs import (
     Case,
+    assert_bfloat16_gives_float32,
+    assert_finite_and_accurate,
     assert_grad_matches_reference,
+    assert_mask_equals_sub_batch,
+    assert_matches_reference,
+    assert_vmap_matches_single,
     normal,
     np_l2_normalize,
     np_pool_to_common,
-    subset,
+    raises_naming,
 )
 from absl.testing import parameterized
 from hypothesis import given, settings
@@ -130,10 +134,7 @@ class MatchesReferenceTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(*[(name, name) for name in NAMES])
     def test_matches_float64_numpy(self, name):
-        case = CASES[name]
-        value = self.variant(case.fn)(*case.args)
-        assert value.shape == () and value.dtype == jnp.float32
-        np.testing.assert_allclose(value, case.ref64(*case.args), rtol=2e-5, atol=1e-7)
+        assert_matches_reference(self.variant(CASES[name].fn), CASES[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -143,32 +144,17 @@ def test_gradient_matches_reference_central_difference(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vmap_over_stacked_problems(name):
-    case = CASES[name]
-    other = tuple(0.5 * a + 0.25 for a in case.args)
-    stacked = tuple(np.stack([a, b]) for a, b in zip(case.args, other, strict=True))
-    values = jax.jit(jax.vmap(case.fn))(*stacked)
-    single = case.jit
-    np.testing.assert_allclose(values, [single(*case.args), single(*other)], rtol=1e-5)
+    assert_vmap_matches_single(CASES[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_inputs_give_float32(name):
-    case = CASES[name]
-    fn = case.jit
-    half = tuple(jnp.asarray(a, jnp.bfloat16) for a in case.args)
-    value = fn(*half)
-    assert value.dtype == jnp.float32
-    widened = fn(*(a.astype(jnp.float32) for a in half))
-    np.testing.assert_allclose(value, widened, rtol=1e-5, atol=1e-7)
+    assert_bfloat16_gives_float32(CASES[name], atol=1e-7)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_at_magnitude_1e4(name):
-    case = make_case(name, scale=1e4)
-    value, grads = CASES[name].value_and_grad(*case.args)  # same shapes: no recompile
-    assert np.isfinite(value)
-    assert all(np.all(np.isfinite(g)) for g in grads)
-    np.testing.assert_allclose(value, case.ref64(*case.args), rtol=1e-4)
+    assert_finite_and_accurate(CASES[name], make_case(name, scale=1e4))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if CASES[n].equal_args is not None])
@@ -184,17 +170,7 @@ def test_zero_with_finite_gradient_when_student_equals_teacher(name):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "cos_tokens"])
 def test_mask_equals_loss_on_valid_sub_batch(name):
-    case = CASES[name]
-    batch = case.args[0].shape[0]
-    keep = np.arange(batch) % 2 == 0
-    mean, total, per_example = case.reductions(case.args, keep)
-    np.testing.assert_allclose(mean, case.ref64(*subset(case.args, case.batched, keep)), rtol=1e-5)
-    assert per_example.shape == (batch,)
-    np.testing.assert_array_equal(per_example[~keep], 0.0)
-    np.testing.assert_allclose(total, per_example.sum(), rtol=1e-5)
-    np.testing.assert_allclose(per_example.sum() / keep.sum(), mean, rtol=1e-5)
-    # A fully padded batch gives 0, not NaN.
-    np.testing.assert_array_equal(case.reductions(case.args, np.zeros(batch, bool))[0], 0.0)
+    assert_mask_equals_sub_batch(CASES[name])
 
 
 def test_cosine_token_mask_matches_distilbert_selection():
@@ -280,14 +256,6 @@ def test_property_matches_reference_and_is_finite(
 # ---------------------------------------------------------------- bad input
 
 
-def _raises(error, fn, *args, names, shapes, **kwargs):
-    with pytest.raises(error) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    for item in (*names, *(str(tuple(s)) for s in shapes)):
-        assert item in message, f"{item!r} not in {message!r}"
-
-
 @pytest.mark.parametrize(
     "fn",
     [hint, attention_transfer, similarity_preserving, cosine_embedding],
@@ -299,23 +267,27 @@ def test_mismatched_batch(fn):
     names = (
         ("student_hidden", "teacher_hidden") if fn is cosine_embedding else ("student_features",)
     )
-    _raises(ValueError, fn, s, t, names=names, shapes=(s.shape, t.shape))
+    raises_naming(ValueError, fn, s, t, names=names, shapes=(s.shape, t.shape))
 
 
 def test_vid_mismatched_batch_channels_and_log_scale():
     s, t = np.zeros((2, 4, 4, 3), np.float32), np.zeros((3, 4, 4, 3), np.float32)
-    _raises(ValueError, vid, s, t, np.zeros(3), names=("student_features",), shapes=(s.shape,))
+    raises_naming(
+        ValueError, vid, s, t, np.zeros(3), names=("student_features",), shapes=(s.shape,)
+    )
     t = np.zeros((2, 4, 4, 5), np.float32)
-    _raises(ValueError, vid, s, t, np.zeros(5), names=("teacher_features",), shapes=(t.shape,))
+    raises_naming(
+        ValueError, vid, s, t, np.zeros(5), names=("teacher_features",), shapes=(t.shape,)
+    )
     t = np.zeros((2, 4, 4, 3), np.float32)
-    _raises(ValueError, vid, s, t, np.zeros(4), names=("log_scale",), shapes=((4,), t.shape))
-    _raises(ValueError, vid, s, t[:, 0, 0], np.zeros(3), names=("rank",), shapes=(s.shape,))
+    raises_naming(ValueError, vid, s, t, np.zeros(4), names=("log_scale",), shapes=((4,), t.shape))
+    raises_naming(ValueError, vid, s, t[:, 0, 0], np.zeros(3), names=("rank",), shapes=(s.shape,))
 
 
 def test_nchw_looking_rank3_maps_are_rejected():
     map3 = np.zeros((3, 8, 8), np.float32)
     map4 = np.zeros((2, 8, 8, 3), np.float32)
-    _raises(
+    raises_naming(
         ValueError,
         attention_transfer,
         map3,
@@ -323,14 +295,16 @@ def test_nchw_looking_rank3_maps_are_rejected():
         names=("student_features", "rank 4"),
         shapes=(map3.shape,),
     )
-    _raises(
+    raises_naming(
         ValueError, vid, map4, map3, np.zeros(8), names=("teacher_features",), shapes=(map3.shape,)
     )
-    _raises(
+    raises_naming(
         ValueError, cosine_embedding, map4, map4, names=("student_hidden",), shapes=(map4.shape,)
     )
     vector = np.zeros((4,), np.float32)
-    _raises(ValueError, hint, vector, vector, names=("student_features",), shapes=(vector.shape,))
+    raises_naming(
+        ValueError, hint, vector, vector, names=("student_features",), shapes=(vector.shape,)
+    )
 
 
 def test_attention_pools_the_larger_map_to_the_smaller():
@@ -349,13 +323,15 @@ def test_attention_pools_the_larger_map_to_the_smaller():
 
 def test_attention_options():
     s = np.zeros((2, 8, 8, 3), np.float32)
-    _raises(ValueError, attention_transfer, s, s, mode="l2", names=("mode", "'l2'"), shapes=())
-    _raises(ValueError, attention_transfer, s, s, p=0, names=("`p`",), shapes=())
+    raises_naming(
+        ValueError, attention_transfer, s, s, mode="l2", names=("mode", "'l2'"), shapes=()
+    )
+    raises_naming(ValueError, attention_transfer, s, s, p=0, names=("`p`",), shapes=())
 
 
 def test_hint_shape_mismatch_names_both_shapes():
     s, t = np.zeros((2, 4, 4, 8), np.float32), np.zeros((2, 4, 4, 16), np.float32)
-    _raises(
+    raises_naming(
         ValueError,
         hint,
         s,
@@ -380,7 +356,7 @@ def test_integer_features_raise_type_error(name):
 def test_wrong_mask_shape(name):
     case = CASES[name]
     bad = np.ones((case.args[0].shape[0] + 1,), np.float32)
-    _raises(ValueError, case.fn, *case.args, mask=bad, names=("mask",), shapes=(bad.shape,))
+    raises_naming(ValueError, case.fn, *case.args, mask=bad, names=("mask",), shapes=(bad.shape,))
 
 
 def test_unknown_reduction():

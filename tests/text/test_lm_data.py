@@ -2,6 +2,7 @@
 
 import collections
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -16,6 +17,7 @@ from jaxkd.text import (
     pack_texts,
     read_texts,
 )
+from jaxkd.text.lm_data import shuffled_batches
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,33 @@ def test_train_batches_shuffle_per_epoch_and_are_deterministic(corpus_dir):
     available = collections.Counter(map(tuple, packed.inputs.tolist()))
     used = collections.Counter(map(tuple, first.tolist()))
     assert not used - available and len(first) == steps * 4
+
+
+def test_shuffled_batches_are_the_shards_rows_of_one_global_order_per_epoch():
+    examples = grain.MapDataset.range(10)
+    whole = shuffled_batches(examples, batch_size=4, seed=3, num_epochs=3)
+    shards = [
+        shuffled_batches(examples, batch_size=4, seed=3, num_epochs=3, shard_index=p, shard_count=2)
+        for p in range(2)
+    ]
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 3 * 2  # 10 // 4 per epoch
+    epochs = []
+    for e in range(3):
+        rows = [np.asarray(whole[2 * e + b]) for b in range(2)]
+        for b, row in enumerate(rows):
+            # Process p holds rows p, p + 2 of each global batch.
+            for p in range(2):
+                np.testing.assert_array_equal(shards[p][2 * e + b], row[p::2])
+        order = np.concatenate(rows)
+        assert len(set(order.tolist())) == 8 and set(order.tolist()) <= set(range(10))
+        epochs.append(order.tolist())
+    assert epochs[0] != epochs[1] != epochs[2]  # a new order each epoch
+    again = shuffled_batches(examples, batch_size=4, seed=3)
+    assert [again[i].tolist() for i in range(6)] == [whole[i].tolist() for i in range(6)]
+    with pytest.raises(ValueError, match=r"`batch_size`=11 leaves no full batch: 10 examples"):
+        shuffled_batches(examples, batch_size=11, seed=0)
+    with pytest.raises(ValueError, match=r"multiple of the number of processes \(2\), got 3"):
+        shuffled_batches(examples, batch_size=3, seed=0, shard_index=0, shard_count=2)
 
 
 def test_eval_batches_cover_every_window_once_across_shards(corpus_dir):
