@@ -35,6 +35,7 @@ format: $(DEV_STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[benchmark]'
 	$(PY) benchmarks/step.py
+	$(PY) benchmarks/conv.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,11 +6,13 @@ A run's working directory holds::
     <workdir>/teacher/                                           the teacher, saved once
 
 Both the training-side `Checkpointer` and the evaluation-side `restore_student` read
-the student item through `restore_student_item`, so they validate it the same way.
+the student item through `restore_student_item`, so they validate it the same way;
+`restore_teacher` checks its item with the same `checked_restore_args`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -88,6 +90,37 @@ def default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
+def checked_restore_args(
+    read_metadata: Callable[[], Any],
+    *,
+    target: Any,
+    shardings: Shardings,
+    where: epath.Path,
+    label: str,
+) -> ocp.args.StandardRestore:
+    """Reads a pytree item's stored metadata, checks `target` against it, builds its args.
+
+    `read_metadata` returns the item's `TreeMetadata` (or `None`); `where` and `label`
+    (e.g. "teacher checkpoint") name the item in errors. Raises `ValueError` on unreadable
+    or missing metadata and on a target that does not match it (see `check_matches`).
+    """
+    try:
+        metadata = read_metadata()
+    except Exception as e:  # any unreadable metadata file means a corrupt checkpoint
+        raise ValueError(f"cannot read {label} {where}: {e}") from e
+    if metadata is None:
+        raise ValueError(f"cannot read {label} {where}: its metadata is missing.")
+    if target is not None:
+        check_matches(metadata.tree, target, where=where)
+        item = abstract_target(target, shardings)
+    elif shardings is not None:
+        item = abstract_from_metadata(metadata.tree, shardings)
+    else:
+        item = None
+    # Leaves built from `shardings` all carry one, so the fallback only reaches the others.
+    return ocp.args.StandardRestore(item, fallback_sharding=default_sharding())
+
+
 def restore_student_item(
     manager: ocp.CheckpointManager,
     step: int,
@@ -110,24 +143,13 @@ def restore_student_item(
         )
     if not (where / STUDENT).is_dir():
         raise ValueError(f"checkpoint {where} has no {STUDENT!r} item (corrupt checkpoint).")
-    try:
-        metadata = manager.item_metadata(step)[STUDENT]
-    except Exception as e:  # any unreadable metadata file means a corrupt checkpoint
-        raise ValueError(f"cannot read checkpoint {where / STUDENT}: {e}") from e
-    if metadata is None:
-        raise ValueError(f"cannot read checkpoint {where / STUDENT}: its metadata is missing.")
-    stored = metadata.tree
-
-    if target is not None:
-        check_matches(stored, target, where=where / STUDENT)
-        args = ocp.args.StandardRestore(
-            abstract_target(target, shardings), fallback_sharding=default_sharding()
-        )
-    elif shardings is not None:
-        args = ocp.args.StandardRestore(abstract_from_metadata(stored, shardings))
-    else:
-        args = ocp.args.StandardRestore(None, fallback_sharding=default_sharding())
-
+    args = checked_restore_args(
+        lambda: manager.item_metadata(step)[STUDENT],
+        target=target,
+        shardings=shardings,
+        where=where / STUDENT,
+        label="checkpoint",
+    )
     items = {STUDENT: args}
     if data_iterator is not None:
         if not (where / DATA).is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -72,6 +72,24 @@ def check_matches(metadata_tree: PyTree, target: PyTree, *, where: epath.PathLik
             )
 
 
+def _map_shardings(
+    leaf: Callable[[Any, jax.sharding.Sharding | None], Any],
+    tree: PyTree,
+    shardings: Shardings,
+    message: str,
+) -> PyTree:
+    """Applies `leaf` to each leaf of `tree` with its sharding: one for all, or a tree of them.
+
+    A structure mismatch between `tree` and `shardings` raises `ValueError(message: ...)`.
+    """
+    if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: leaf(x, shardings), tree)
+    try:
+        return jax.tree.map(leaf, tree, shardings)
+    except ValueError as e:
+        raise ValueError(f"{message}: {e}") from e
+
+
 def abstract_target(target: PyTree, shardings: Shardings) -> PyTree:
     """Turns a restore target into `jax.ShapeDtypeStruct`s carrying the wanted shardings.
 
@@ -98,15 +116,12 @@ def abstract_target(target: PyTree, shardings: Shardings) -> PyTree:
         sharding = sharding if sharding is not None else getattr(x, "sharding", None)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    if shardings is None or isinstance(shardings, jax.sharding.Sharding):
-        return jax.tree.map(lambda x: leaf(x, shardings), target)
-    try:
-        return jax.tree.map(leaf, target, shardings)
-    except ValueError as e:
-        raise ValueError(
-            "`shardings` must be a jax.sharding.Sharding or a pytree with the structure of "
-            f"the target: {e}"
-        ) from e
+    return _map_shardings(
+        leaf,
+        target,
+        shardings,
+        "`shardings` must be a jax.sharding.Sharding or a pytree with the structure of the target",
+    )
 
 
 def abstract_from_metadata(metadata_tree: PyTree, shardings: Shardings) -> PyTree:
@@ -121,20 +136,18 @@ def abstract_from_metadata(metadata_tree: PyTree, shardings: Shardings) -> PyTre
       A tree of `jax.ShapeDtypeStruct` in the stored structure.
     """
 
-    def leaf(meta: Any, sharding: jax.sharding.Sharding) -> Any:
+    def leaf(meta: Any, sharding: jax.sharding.Sharding | None) -> Any:
         if not _is_array_like(meta):
             return meta
         return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=sharding)
 
-    if isinstance(shardings, jax.sharding.Sharding):
-        return jax.tree.map(lambda m: leaf(m, shardings), metadata_tree)
-    try:
-        return jax.tree.map(leaf, metadata_tree, shardings)
-    except ValueError as e:
-        raise ValueError(
-            "without a target, `shardings` must be one jax.sharding.Sharding or a pytree "
-            f"with the stored structure (nested dicts and lists): {e}"
-        ) from e
+    return _map_shardings(
+        leaf,
+        metadata_tree,
+        shardings,
+        "without a target, `shardings` must be one jax.sharding.Sharding or a pytree "
+        "with the stored structure (nested dicts and lists)",
+    )
 
 
 def params_hash(tree: PyTree) -> str:

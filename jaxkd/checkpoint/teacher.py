@@ -17,17 +17,10 @@ from jaxkd.checkpoint._layout import (
     CHECKPOINTS_DIR,
     CONFIG,
     TEACHER_DIR,
-    default_sharding,
+    checked_restore_args,
     open_run,
 )
-from jaxkd.checkpoint._trees import (
-    PyTree,
-    Shardings,
-    abstract_from_metadata,
-    abstract_target,
-    check_matches,
-    params_hash,
-)
+from jaxkd.checkpoint._trees import PyTree, Shardings, params_hash
 
 _HASH_KEY = "params_sha256"
 _METADATA_FILE = "_CHECKPOINT_METADATA"
@@ -139,24 +132,15 @@ def restore_teacher(
     where = _teacher_dir(epath.Path(path).absolute())
     checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
+        args = checked_restore_args(
+            lambda: checkpointer.metadata(where).item_metadata,
+            target=target,
+            shardings=shardings,
+            where=where,
+            label="teacher checkpoint",
+        )
         try:
-            metadata = checkpointer.metadata(where).item_metadata
-        except Exception as e:  # any unreadable metadata file means a corrupt checkpoint
-            raise ValueError(f"cannot read teacher checkpoint {where}: {e}") from e
-        if metadata is None:
-            raise ValueError(f"cannot read teacher checkpoint {where}: its metadata is missing.")
-        stored = metadata.tree
-        if target is not None:
-            check_matches(stored, target, where=where)
-            item = abstract_target(target, shardings)
-        elif shardings is not None:
-            item = abstract_from_metadata(stored, shardings)
-        else:
-            item = None
-        try:
-            params = checkpointer.restore(
-                where, args=ocp.args.StandardRestore(item, fallback_sharding=default_sharding())
-            )
+            params = checkpointer.restore(where, args=args)
         except Exception as e:  # tensorstore and file errors alike mean a corrupt checkpoint
             raise ValueError(f"cannot restore teacher checkpoint {where}: {e}") from e
     finally:

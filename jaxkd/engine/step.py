@@ -12,6 +12,7 @@ import optax
 from jaxkd.engine.models import ApplyFn, Model, apply_fn_of
 from jaxkd.engine.state import TrainState
 from jaxkd.engine.teacher import TeacherConfig, TeacherState, teacher_outputs
+from jaxkd.models import swapped_kernel_gradients
 from jaxkd.objective import Objective, resolve
 
 Batch = Mapping[str, Any]
@@ -140,7 +141,9 @@ def make_train_step(
         # varying values every mode (pmap, shard_map with or without check_vma) yields
         # local gradients, which the pmean below averages exactly once.
         local = trainable if axis_name is None else _as_varying(trainable, axis_name)
-        (_, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local)
+        # jaxkd's convolution layers then compute kernel gradients XLA:CPU-friendly.
+        with swapped_kernel_gradients():
+            (_, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local)
         metrics, adapter_state = dict(aux.metrics), aux.adapter_state
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)

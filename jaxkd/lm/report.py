@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -64,6 +65,11 @@ def held_out_divergences(
     }
 
 
+def _rate(tokens_per_second: float) -> str:
+    # A split of one batch has no timed batch (the first one compiles): no rate, not "nan".
+    return "–" if math.isnan(tokens_per_second) else f"{tokens_per_second:,.0f}"
+
+
 def markdown_table(
     teacher: dict[str, Any],
     students: dict[str, dict[str, Any]],
@@ -106,7 +112,7 @@ def markdown_table(
         cells = [f"{r['bits_per_byte']:.3f}" if r else "–" for r in scores]
         lines.append(
             f"| {name} | {row['params']:,} | {' | '.join(cells)} | "
-            f"{row['train_tokens_per_second']:,.0f} | {row['tokens_per_second']:,.0f} |"
+            f"{_rate(row['train_tokens_per_second'])} | {_rate(row['tokens_per_second'])} |"
         )
     if warm_start is not None:
         lines.append(

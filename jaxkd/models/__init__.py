@@ -4,6 +4,7 @@
 `forward_with_features(model, x)` returns its logits and features (see docs/models.md).
 """
 
+from jaxkd.models._conv_grad import swapped_kernel_gradients as swapped_kernel_gradients
 from jaxkd.models.attention import KVCache as KVCache
 from jaxkd.models.cifar_resnet import CifarResNet as CifarResNet
 from jaxkd.models.core import FeatureModel as FeatureModel

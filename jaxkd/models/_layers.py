@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxkd.models._conv_grad import conv_general_dilated
+
 Dtype = jnp.dtype | type | None
 
 # `nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu")`, and also RepDistiller's
@@ -68,6 +70,7 @@ def conv(
         kernel_init=kernel_init,
         bias_init=bias_init if bias_init is not None else torch_bias_init(fan_in),
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 

@@ -56,6 +56,19 @@ def test_markdown_table_formats_rows():
     assert "| student: scratch |" in table
 
 
+def test_markdown_table_shows_no_rate_for_an_untimed_split():
+    # A one-batch held-out split has no timed batch (the first compiles): "–", not "nan".
+    row = {
+        "params": 1,
+        "bits_per_byte": 2.5,
+        "train_tokens_per_second": 10.0,
+        "tokens_per_second": float("nan"),
+    }
+    table = markdown_table(row, {})
+    assert "| teacher | 1 | 2.500 | 10 | – |" in table
+    assert "nan" not in table
+
+
 def test_markdown_table_puts_cold_and_warm_starts_side_by_side():
     def row(bits, speed):
         return {
