@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-forms = _load("_conv_forms")
+forms = load_benchmark("_conv_forms")
 
 
 @pytest.mark.parametrize("name", sorted(forms.FORWARD_FORMS))
@@ -50,7 +33,7 @@ def test_winograd_is_not_the_identity_of_a_wrong_kernel():
 
 
 def test_conv_benchmark_runs_and_reports_every_cell(tmp_path, capsys):
-    conv = _load("conv")
+    conv = load_benchmark("conv")
     argv = ["--shapes", "4x2,2x4", "--batch", "2", "--iters", "1", "--warmup", "0"]
     results = conv.main([*argv, "--rounds", "1", "--no-torch", "--json", str(tmp_path / "r.json")])
     assert set(results) == {"jax:jaxkd", "jax:xla"}
@@ -65,6 +48,6 @@ def test_conv_benchmark_runs_and_reports_every_cell(tmp_path, capsys):
 
 
 def test_conv_benchmark_rejects_bad_shapes():
-    conv = _load("conv")
+    conv = load_benchmark("conv")
     with pytest.raises(SystemExit):
         conv.parse_args(["--shapes", "32by64"])

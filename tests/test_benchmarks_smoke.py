@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import pathlib
 import runpy
 
 import pytest
+from _benchmarks import BENCHMARKS, load_benchmark
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 STEP = BENCHMARKS / "step.py"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 SIDES = ["jax", "torch"] if HAS_TORCH else ["jax"]
@@ -30,13 +29,6 @@ TINY = [
     "--warmup",
     "1",
 ]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +117,7 @@ def test_bad_pair_is_refused(bench):
 
 
 def test_rounds_alternate_their_order():
-    measure = _load("_measure")
+    measure = load_benchmark("_measure")
     calls = []
     cases = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
     times = measure.interleaved(cases, rounds=3, iters=2, warmup=1)
@@ -142,7 +134,7 @@ def test_copying_weights_into_a_different_network_is_refused():
     from jaxkd import engine
     from jaxkd.models import create_model
 
-    torch_models = _load("_torch_models")
+    torch_models = load_benchmark("_torch_models")
     jax_model = engine.from_nnx(create_model("resnet8", num_classes=10, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="only in torch"):
         torch_models.load_jax_variables(

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import subprocess
 import sys
 
-TRACE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "trace.py"
+from _benchmarks import BENCHMARKS, load_benchmark
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("trace_bench", TRACE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TRACE = BENCHMARKS / "trace.py"
 
 
 def test_kinds_of_xla_cpu_operations():
-    kind = _module().kind
+    kind = load_benchmark("trace").kind
     assert kind("transpose_copy_fusion.23") == "layout transposes and copies"
     assert kind("convolution-base-dilated.3") == "convolutions"
     assert kind("conv_general_dilated.30") == "convolutions"
