@@ -276,7 +276,9 @@ def test_property_finite_nonnegative_and_matches_reference(
     s, t, y = make_inputs(shape, scale=10.0**log_scale, seed=seed)
     value, grads = value_and_grads(name, s, t, y, temperature=temperature)
     expected = reference(name, s, t, y, temperature=temperature).mean()
-    assert np.isfinite(value) and value >= -1e-6
+    # Non-negative up to float32 rounding of the KL (about 1e-7 for equal distributions,
+    # e.g. two classes after LSKD's standardisation), which the loss scales by T².
+    assert np.isfinite(value) and value >= -1e-6 * temperature**2
     # float32 log-probabilities are exact to ~1e-7 relative: an absolute error that grows
     # with T² (tiny losses) and with the logit magnitude (huge ones).
     atol = 1e-5 * temperature**2 * (1.0 + 10.0**log_scale)
